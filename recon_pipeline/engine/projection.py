@@ -1,0 +1,115 @@
+"""The one projection of a source row to a guarded MongoDB write, used by repair, outbox
+delivery and the demo seeder alike.
+
+Every write carries a version guard: the source `updated_at` is stored beside the document
+or array element as `VERSION_FIELD`, and a write only applies where the stored version is
+missing or not newer than the row's.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pymongo import DeleteOne, UpdateOne
+
+from recon_pipeline.engine.mapping import EntityMapping
+from recon_pipeline.engine.normalize import ValueKind, to_bson_value
+
+VERSION_FIELD = "_recon_version"
+
+Row = Mapping[str, Any]
+WriteOp = UpdateOne | DeleteOne
+
+
+class Presence(enum.Enum):
+    """What the target holds for a key, as last read."""
+
+    ABSENT = "absent"  # no document; embedded: no parent document
+    PARENT_ONLY = "parent_only"  # embedded: parent exists, element does not
+    PRESENT = "present"
+
+
+def source_key(entity: EntityMapping, row: Row) -> Any:
+    return to_bson_value(row[entity.source.key], entity.key_kind)
+
+
+def parent_key(entity: EntityMapping, row: Row) -> Any:
+    assert entity.target.embedded is not None
+    return to_bson_value(row[entity.target.embedded.parent_key], entity.parent_key_kind)
+
+
+def row_version(entity: EntityMapping, row: Row) -> datetime | None:
+    value = to_bson_value(row[entity.source.updated_at], ValueKind.DATETIME)
+    assert value is None or isinstance(value, datetime)
+    return value
+
+
+def projected_fields(entity: EntityMapping, row: Row) -> dict[str, Any]:
+    """Target path -> BSON value for every written field (ignored fields are left alone)."""
+    return {f.target: to_bson_value(row[f.column], f.kind)
+            for f in entity.fields if not f.ignore}
+
+
+def version_guard(version: datetime | None) -> dict[str, Any]:
+    if version is None:
+        return {VERSION_FIELD: None}
+    return {"$or": [{VERSION_FIELD: None}, {VERSION_FIELD: {"$lte": version}}]}
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{'contact.email': x} -> {'contact': {'email': x}} (for a pushed array element)."""
+    nested: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def upsert_ops(entity: EntityMapping, row: Row, presence: Presence) -> list[WriteOp]:
+    """The guarded write that makes the target hold this row's mapped fields."""
+    version = row_version(entity, row)
+    fields = projected_fields(entity, row)
+    embedded = entity.target.embedded
+    if embedded is None:
+        return [UpdateOne(
+            {entity.target.key: source_key(entity, row), **version_guard(version)},
+            {"$set": {**fields, VERSION_FIELD: version}},
+            upsert=True,  # a newer document already there makes this a duplicate-key no-op
+        )]
+    key = source_key(entity, row)
+    parent = parent_key(entity, row)
+    array, element_key = embedded.array, embedded.element_key
+    if presence is Presence.PRESENT:
+        sets = {f"{array}.$[e].{path}": value for path, value in fields.items()}
+        return [UpdateOne(
+            {"_id": parent, array: {"$elemMatch": {element_key: key, **version_guard(version)}}},
+            {"$set": {**sets, f"{array}.$[e].{VERSION_FIELD}": version}},
+            array_filters=[{f"e.{element_key}": key}],
+        )]
+    element = {**nest({element_key: key}), **nest(fields), VERSION_FIELD: version}
+    # Push only while the element is still missing; create the parent only when it is.
+    return [UpdateOne(
+        {"_id": parent, f"{array}.{element_key}": {"$ne": key}},
+        {"$push": {array: element}},
+        upsert=presence is Presence.ABSENT,
+    )]
+
+
+def delete_ops(entity: EntityMapping, key: Any, parent: Any, version: datetime | None,
+               *, exact: bool) -> list[WriteOp]:
+    """Remove a document or element. `exact`: only if its version is still `version` (an
+    orphan as seen); otherwise only if it is not newer than `version` (a delete message)."""
+    guard = {VERSION_FIELD: version} if exact else version_guard(version)
+    embedded = entity.target.embedded
+    if embedded is None:
+        return [DeleteOne({entity.target.key: key, **guard})]
+    return [UpdateOne(
+        {"_id": parent},
+        {"$pull": {embedded.array: {embedded.element_key: key, **guard}}},
+    )]

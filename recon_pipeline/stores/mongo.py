@@ -1,0 +1,41 @@
+"""MongoDB access: clients with masked errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from recon_pipeline.masking import mask_text, mask_url, url_secrets
+
+Document = dict[str, Any]
+SERVER_SELECTION_TIMEOUT_MS = 5000
+
+
+class MongoUnavailable(RuntimeError):
+    """MongoDB could not be reached; the message is already masked."""
+
+
+def create_client(url: str, **options: Any) -> MongoClient[Document]:
+    options.setdefault("serverSelectionTimeoutMS", SERVER_SELECTION_TIMEOUT_MS)
+    options.setdefault("connectTimeoutMS", SERVER_SELECTION_TIMEOUT_MS)
+    return MongoClient(url, tz_aware=True, uuidRepresentation="standard", **options)
+
+
+def mongo_unavailable(url: str, error: BaseException) -> MongoUnavailable:
+    detail = str(error).split(", Timeout:")[0].split("\n")[0]
+    return MongoUnavailable(
+        mask_text(f"cannot connect to MongoDB at {mask_url(url)}: {detail}", url_secrets(url)))
+
+
+def connect_database(url: str, database: str, **options: Any) -> Database[Document]:
+    """A database handle whose server answered `ping`; MongoUnavailable otherwise."""
+    client = create_client(url, **options)
+    try:
+        client.admin.command("ping")
+    except PyMongoError as error:
+        client.close()
+        raise mongo_unavailable(url, error) from None
+    return client[database]

@@ -1,0 +1,72 @@
+"""PostgreSQL access: engines with masked errors, reflection for mapping checks, locks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+
+from recon_pipeline.masking import mask_text, mask_url, url_secrets
+
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+class DatabaseUnavailable(RuntimeError):
+    """A server could not be reached; the message is already masked."""
+
+
+def create_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    )
+
+
+def unavailable(url: str, error: BaseException) -> DatabaseUnavailable:
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+    detail = reason[0] if reason else type(error).__name__
+    return DatabaseUnavailable(
+        mask_text(f"cannot connect to PostgreSQL at {mask_url(url)}: {detail}", url_secrets(url)))
+
+
+def connect_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
+    """An engine that has proven it can connect; DatabaseUnavailable otherwise."""
+    engine = create_engine(url, pool_size=pool_size)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+        engine.dispose()
+        raise unavailable(url, error) from None
+    return engine
+
+
+TableCatalog = dict[str, dict[str, sa.types.TypeEngine[object]]]
+
+
+def reflect_catalog(engine: sa.Engine, tables: Iterable[str]) -> TableCatalog:
+    """Column types of the named tables that exist (missing tables are simply absent)."""
+    inspector = sa.inspect(engine)
+    present = set(inspector.get_table_names())
+    return {
+        table: {col["name"]: col["type"] for col in inspector.get_columns(table)}
+        for table in tables if table in present
+    }
+
+
+@contextmanager
+def advisory_lock(engine: sa.Engine, name: str) -> Iterator[bool]:
+    """Session-level advisory lock held for the block; yields False when another holds it."""
+    with engine.connect() as conn:
+        got = bool(conn.execute(sa.text("select pg_try_advisory_lock(hashtext(:n))"),
+                                {"n": name}).scalar())
+        conn.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute(sa.text("select pg_advisory_unlock(hashtext(:n))"), {"n": name})
+                conn.commit()

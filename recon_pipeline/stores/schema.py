@@ -1,0 +1,149 @@
+"""The PostgreSQL schema of SPEC 4.1 (saga infrastructure) and 4.2 (demo domain), as
+SQLAlchemy Core tables, and the idempotent `db init`."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+TIMESTAMPTZ = sa.DateTime(timezone=True)
+NOW = sa.text("now()")
+
+outbox_messages = sa.Table(
+    "outbox_messages", metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("aggregate_type", sa.Text, nullable=False),
+    sa.Column("aggregate_id", sa.Text, nullable=False),
+    sa.Column("operation", sa.Text, nullable=False),
+    sa.Column("payload", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("next_attempt_at", TIMESTAMPTZ, nullable=False, server_default=NOW),
+    sa.Column("created_at", TIMESTAMPTZ, nullable=False, server_default=NOW),
+    sa.Column("processed_at", TIMESTAMPTZ),
+    # Claiming scans only due messages; the partial index keeps that scan small.
+    sa.Index("ix_outbox_messages_due", "next_attempt_at", "id",
+             postgresql_where=sa.text("status in ('pending', 'failed')")),
+    sa.Index("ix_outbox_messages_sent_processed", "processed_at",
+             postgresql_where=sa.text("status = 'sent'")),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys", metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("scope", sa.Text),
+    sa.Column("response", JSONB),
+    sa.Column("created_at", TIMESTAMPTZ, nullable=False, server_default=NOW),
+    sa.Column("expires_at", TIMESTAMPTZ, nullable=False),
+    sa.Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
+
+REPORT_COUNTS = (
+    "records_checked", "mismatches_found", "missing_in_mongo", "field_mismatches",
+    "orphans_in_mongo", "repaired", "repair_failed", "repair_skipped", "outbox_attempted",
+    "outbox_sent", "outbox_failed", "outbox_dead", "outbox_stale", "idempotency_keys_deleted",
+    "outbox_messages_deleted",
+)
+
+reconciliation_reports = sa.Table(
+    "reconciliation_reports", metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("partition_key", sa.Text),
+    sa.Column("window_start", TIMESTAMPTZ),
+    sa.Column("window_end", TIMESTAMPTZ),
+    sa.Column("full_scan", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("dry_run", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("started_at", TIMESTAMPTZ, nullable=False, server_default=NOW),
+    sa.Column("finished_at", TIMESTAMPTZ),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("mongo_available", sa.Boolean, nullable=False, server_default=sa.true()),
+    *(sa.Column(name, sa.Integer, nullable=False, server_default="0") for name in REPORT_COUNTS),
+    sa.Column("details", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Index("ix_reconciliation_reports_started_at", "started_at"),
+)
+
+reconciliation_mismatches = sa.Table(
+    "reconciliation_mismatches", metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("report_id", sa.BigInteger, sa.ForeignKey("reconciliation_reports.id"),
+              nullable=False),
+    sa.Column("entity", sa.Text, nullable=False),
+    sa.Column("record_key", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("fields", JSONB),
+    sa.Column("repair_status", sa.Text, nullable=False),
+    sa.Column("repair_error", sa.Text),
+    sa.Column("detected_at", TIMESTAMPTZ, nullable=False, server_default=NOW),
+    sa.Index("ix_reconciliation_mismatches_report_id", "report_id"),
+    sa.Index("ix_reconciliation_mismatches_detected_at", "detected_at"),
+)
+
+# --- demo domain (SPEC 4.2) -------------------------------------------------------------
+
+clients = sa.Table(
+    "clients", metadata,
+    sa.Column("client_ref", sa.Text, primary_key=True),
+    sa.Column("first_name", sa.Text),
+    sa.Column("last_name", sa.Text),
+    sa.Column("email", sa.Text),
+    sa.Column("status", sa.Text),
+    sa.Column("created_at", TIMESTAMPTZ),
+    sa.Column("updated_at", TIMESTAMPTZ),
+    sa.Index("ix_clients_updated_at", "updated_at"),
+)
+
+creditor_debts = sa.Table(
+    "creditor_debts", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("client_ref", sa.Text, sa.ForeignKey("clients.client_ref")),
+    sa.Column("creditor_name", sa.Text),
+    sa.Column("creditor_email", sa.Text),
+    sa.Column("debt_amount", sa.Numeric(12, 2)),
+    sa.Column("currency", sa.CHAR(3)),
+    sa.Column("updated_at", TIMESTAMPTZ),
+    sa.Index("ix_creditor_debts_updated_at", "updated_at"),
+    sa.Index("ix_creditor_debts_client_ref", "client_ref"),
+)
+
+incoming_emails = sa.Table(
+    "incoming_emails", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("client_ref", sa.Text),
+    sa.Column("from_address", sa.Text),
+    sa.Column("subject", sa.Text),
+    sa.Column("received_at", TIMESTAMPTZ),
+    sa.Column("processing_status", sa.Text),
+    sa.Column("extracted_amount", sa.Numeric(12, 2)),
+    sa.Column("mongo_sync_status", sa.Text, server_default="pending"),
+    sa.Column("mongo_synced_at", TIMESTAMPTZ),
+    sa.Column("mongo_sync_error", sa.Text),
+    sa.Column("created_at", TIMESTAMPTZ),
+    sa.Column("updated_at", TIMESTAMPTZ),
+    sa.Index("ix_incoming_emails_updated_at", "updated_at"),
+)
+
+
+def init_schema(engine: sa.Engine) -> list[str]:
+    """Create every missing table and index; returns what was created (empty when none)."""
+    created: list[str] = []
+    with engine.begin() as conn:
+        # Serialise concurrent `db init`s: create-if-missing is not atomic on its own.
+        conn.execute(sa.text("select pg_advisory_xact_lock(hashtext('recon_pipeline.db_init'))"))
+        inspector = sa.inspect(conn)
+        existing_tables = set(inspector.get_table_names())
+        for table in metadata.sorted_tables:
+            if table.name not in existing_tables:
+                table.create(conn)
+                created.append(f"table {table.name}")
+                created += [f"index {index.name}" for index in table.indexes]
+                continue
+            existing_indexes = {ix["name"] for ix in inspector.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in existing_indexes:
+                    index.create(conn)
+                    created.append(f"index {index.name}")
+    return created

@@ -141,9 +141,8 @@ def _mongo_ops(entity: EntityMapping, rows: list[dict[str, Any]], drift: EntityD
         if key in missing:
             continue
         ops += upsert_ops(entity, {**row, column: wrong} if key in mismatched else row, presence)
-    template = rows[0] if rows else None
-    for orphan in drift.orphans if template else ():
-        fake = {**template, entity.source.key: orphan}
+    for orphan in drift.orphans if rows else ():
+        fake = {**rows[0], entity.source.key: orphan}
         if entity.target.embedded:
             fake[entity.target.embedded.parent_key] = orphan_parent
         ops += upsert_ops(entity, fake, presence)

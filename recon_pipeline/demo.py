@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from pymongo.database import Database
 
 from recon_pipeline.engine.mapping import EntityMapping, ReconConfig
-from recon_pipeline.engine.projection import VERSION_FIELD, Presence, upsert_ops
+from recon_pipeline.engine.projection import Presence, upsert_ops
 from recon_pipeline.stores import schema
+from recon_pipeline.stores.target import ensure_target_indexes
 
 DEMO_TABLES = (schema.incoming_emails, schema.creditor_debts, schema.clients)
 STATUSES = ("active", "onboarding", "closed")
@@ -203,10 +204,7 @@ def seed_demo(engine: sa.Engine, mongo: Database[dict[str, Any]], config: ReconC
         ops = _mongo_ops(entity, rows[name], drift[name], orphan_parent)
         if ops:
             mongo[entity.target.collection].bulk_write(ops, ordered=True)
-    for entity in config.entities:  # the indexes the windowed orphan scan uses
-        if entity.updated_at_field and not entity.target.embedded:
-            mongo[entity.target.collection].create_index(entity.updated_at_field.target)
-            mongo[entity.target.collection].create_index(VERSION_FIELD)
+    ensure_target_indexes(mongo, config.entities)
     kinds = {"failed": sum(m["status"] == "failed" for m in outbox),
              "malformed": sum(m["status"] == "pending" for m in outbox)}
     return SeedSummary(now, drift, kinds, len(expired), len(live))

@@ -126,3 +126,11 @@ def mongo_db(servers: ServerUrls) -> Iterator[Database[dict[str, Any]]]:
 @pytest.fixture
 def config(pg_engine: sa.Engine) -> ReconConfig:
     return load_mapping(packaged_mapping_path(), pg_engine)
+
+
+def mongo_url_of(db: Database[Any]) -> str:
+    """The URL of the server behind a database handle (tests use one server)."""
+    if os.environ.get("MONGODB_URL"):
+        return os.environ["MONGODB_URL"]
+    host, port = db.client.address or ("127.0.0.1", 27017)
+    return f"mongodb://{host}:{port}/?directConnection=true"

@@ -17,8 +17,7 @@ from pymongo import DeleteOne, UpdateOne
 
 from recon_pipeline.engine.mapping import EntityMapping
 from recon_pipeline.engine.normalize import ValueKind, to_bson_value
-
-VERSION_FIELD = "_recon_version"
+from recon_pipeline.stores.target import VERSION_FIELD
 
 Row = Mapping[str, Any]
 WriteOp = UpdateOne | DeleteOne

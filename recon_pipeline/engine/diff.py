@@ -1,0 +1,142 @@
+"""The diff: judge a source row against its target record, and merge two key-sorted
+streams. Pure: knows nothing of PostgreSQL or MongoDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from bson.decimal128 import Decimal128
+
+from recon_pipeline.engine.mapping import EntityMapping
+from recon_pipeline.engine.normalize import MISSING, values_equal
+
+
+class MismatchKind(enum.StrEnum):
+    MISSING_IN_MONGO = "missing_in_mongo"
+    FIELD_MISMATCH = "field_mismatch"
+    ORPHAN_IN_MONGO = "orphan_in_mongo"
+
+
+class TargetLike(Protocol):
+    @property
+    def key(self) -> Any: ...
+    @property
+    def parent(self) -> Any: ...
+    @property
+    def values(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    entity: str
+    key: Any
+    kind: MismatchKind
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # {path: {source, target}}
+    parent: Any = None  # embedded: the parent document key where it was found or belongs
+
+
+def json_value(value: Any) -> Any:
+    """A JSON-storable rendering of a compared value, for the audit trail."""
+    if value is MISSING:
+        return None
+    if isinstance(value, Decimal128):
+        value = value.to_decimal()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | bytes):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    return value
+
+
+def row_parent(entity: EntityMapping, row: Mapping[str, Any]) -> Any:
+    embedded = entity.target.embedded
+    return row[embedded.parent_key] if embedded else None
+
+
+def field_differences(entity: EntityMapping, row: Mapping[str, Any],
+                      record: TargetLike) -> dict[str, dict[str, Any]]:
+    return {
+        f.target: {"source": json_value(row[f.column]),
+                   "target": json_value(record.values.get(f.target, MISSING))}
+        for f in entity.compared_fields
+        if not values_equal(row[f.column], record.values.get(f.target, MISSING), f.kind,
+                            f.tolerance)
+    }
+
+
+def judge(entity: EntityMapping, row: Mapping[str, Any] | None,
+          record: TargetLike | None) -> Mismatch | None:
+    """The mismatch between a source row and its target record, or None when they agree."""
+    if row is None and record is None:
+        return None
+    if row is None:
+        assert record is not None
+        return Mismatch(entity.name, record.key, MismatchKind.ORPHAN_IN_MONGO,
+                        parent=record.parent)
+    key = row[entity.source.key]
+    if record is None:
+        return Mismatch(entity.name, key, MismatchKind.MISSING_IN_MONGO,
+                        parent=row_parent(entity, row))
+    differences = field_differences(entity, row, record)
+    if not differences:
+        return None
+    return Mismatch(entity.name, key, MismatchKind.FIELD_MISMATCH, differences,
+                    parent=row_parent(entity, row))
+
+
+# --- merge-join ---------------------------------------------------------------------------
+
+_TYPE_RANK = {type(None): 0, int: 1, float: 1, Decimal: 1, str: 2, dict: 3, list: 4,
+              bytes: 5, bool: 8, dt.datetime: 9}
+
+
+def order_key(value: Any) -> tuple[Any, ...]:
+    """MongoDB's cross-type sort order (numbers before strings, ...), so keys of mixed
+    types in a collection merge in the order the server returns them."""
+    if isinstance(value, tuple):
+        return tuple(order_key(v) for v in value)
+    rank = _TYPE_RANK.get(type(value), 6)
+    return (rank, value if rank in (1, 2, 9) else repr(value))
+
+
+def merge_key(entity: EntityMapping, key: Any, parent: Any) -> Any:
+    return (parent, key) if entity.target.embedded else key
+
+
+def merge_join(rows: Iterable[Mapping[str, Any]], records: Iterable[TargetLike],
+               entity: EntityMapping) -> Iterator[tuple[Mapping[str, Any] | None,
+                                                        TargetLike | None]]:
+    """Pair two streams sorted by merge key; unmatched sides pair with None."""
+    row_iter, record_iter = iter(rows), iter(records)
+
+    def row_order(row: Mapping[str, Any]) -> Any:
+        return order_key(merge_key(entity, row[entity.source.key], row_parent(entity, row)))
+
+    def record_order(record: TargetLike) -> Any:
+        return order_key(merge_key(entity, record.key, record.parent))
+
+    row, record = next(row_iter, None), next(record_iter, None)
+    while row is not None or record is not None:
+        if record is None or (row is not None and row_order(row) < record_order(record)):
+            yield row, None
+            row = next(row_iter, None)
+        elif row is None or record_order(record) < row_order(row):
+            yield None, record
+            record = next(record_iter, None)
+        else:
+            yield row, record
+            row, record = next(row_iter, None), next(record_iter, None)

@@ -1,0 +1,213 @@
+"""Repair MongoDB from PostgreSQL (PostgreSQL always wins).
+
+Per batch of recorded mismatches: re-read both sides (agreeing now: `resolved`, nothing
+written), project each source row through the mapping into a guarded write, write in
+bulk, re-read and re-compare: only a verified fix counts as `repaired`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+
+from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
+from recon_pipeline.engine.mapping import EntityMapping, ReconConfig
+from recon_pipeline.engine.normalize import ValueCoercionError, coerce_source_value
+from recon_pipeline.engine.projection import (
+    Presence,
+    WriteOp,
+    delete_ops,
+    row_version,
+    upsert_ops,
+)
+from recon_pipeline.masking import mask_text
+from recon_pipeline.stores import reports
+from recon_pipeline.stores.reports import MismatchRow
+from recon_pipeline.stores.source import fetch_rows, mark_sync
+from recon_pipeline.stores.target import TargetRecord, TargetSnapshot, fetch_targets
+
+Outcome = tuple[int, str, str | None]  # (mismatch id, repair_status, repair_error)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What one entity's batch will do: writes, and the mismatches they should fix."""
+
+    ops: list[WriteOp] = field(default_factory=list)
+    op_owner: list[int] = field(default_factory=list)  # op index -> mismatch id
+    # mismatch id -> (key, source row written or None for a deletion, parent)
+    written: dict[int, tuple[Any, dict[str, Any] | None, Any]] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def write(self, mismatch_id: int, ops: list[WriteOp], key: Any,
+              row: dict[str, Any] | None, parent: Any) -> None:
+        self.ops += ops
+        self.op_owner += [mismatch_id] * len(ops)
+        self.written[mismatch_id] = (key, row, parent)
+
+
+def presence_of(entity: EntityMapping, key: Any, parent: Any,
+                snapshot: TargetSnapshot) -> Presence:
+    if entity.target.embedded is None:
+        return Presence.PRESENT if snapshot.record_at(key) else Presence.ABSENT
+    if snapshot.record_at(key, parent) is not None:
+        return Presence.PRESENT
+    return Presence.PARENT_ONLY if parent in snapshot.parents else Presence.ABSENT
+
+
+def typed_key(entity: EntityMapping, record_key: str) -> Any:
+    return coerce_source_value(record_key, entity.key_kind)
+
+
+def _orphan_parent(entity: EntityMapping, row: MismatchRow) -> Any:
+    embedded = entity.target.embedded
+    if embedded is None or not row.fields:
+        return None
+    return (row.fields.get(embedded.parent_key) or {}).get("target")
+
+
+def _record_for(entity: EntityMapping, snapshot: TargetSnapshot, key: Any,
+                parent: Any) -> TargetRecord | None:
+    return snapshot.record_at(key, parent if entity.target.embedded else None)
+
+
+def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
+                 sources: dict[Any, dict[str, Any]], snapshot: TargetSnapshot,
+                 delete_orphans: bool) -> _Plan:
+    plan = _Plan()
+    embedded = entity.target.embedded
+    for mismatch in rows:
+        key = typed_key(entity, mismatch.record_key)
+        source = sources.get(key)
+        orphan_parent = _orphan_parent(entity, mismatch)
+        if mismatch.kind == MismatchKind.ORPHAN_IN_MONGO and (
+                source is None or (embedded and source[embedded.parent_key] != orphan_parent)):
+            # Still no source row where it sits (an element may have a row under another
+            # parent: the copy here is stale all the same).
+            parent = orphan_parent
+            record = _record_for(entity, snapshot, key, parent)
+            if record is None:
+                plan.outcomes.append((mismatch.id, "resolved", None))
+            elif not delete_orphans:
+                plan.outcomes.append((mismatch.id, "reported", None))
+            else:
+                plan.write(mismatch.id, delete_ops(entity, key, parent, record.version,
+                                                   exact=True), key, None, parent)
+            continue
+        if source is None:
+            # Deleted at the source since detection: the next run judges what is left.
+            plan.outcomes.append((mismatch.id, "failed",
+                                  "source row no longer exists; the next run re-judges it"))
+            continue
+        parent = source[embedded.parent_key] if embedded else None
+        if judge(entity, source, _record_for(entity, snapshot, key, parent)) is None:
+            plan.outcomes.append((mismatch.id, "resolved", None))
+            continue
+        presence = presence_of(entity, key, parent, snapshot)
+        plan.write(mismatch.id, upsert_ops(entity, source, presence), key, source, parent)
+    return plan
+
+
+def _write(db: Database[dict[str, Any]], entity: EntityMapping, plan: _Plan) -> dict[int, str]:
+    """Bulk-write the plan; returns mismatch id -> write error (duplicate keys are the
+    version guard refusing an upsert: verification reports those)."""
+    if not plan.ops:
+        return {}
+    try:
+        db[entity.target.collection].bulk_write(plan.ops, ordered=False)
+    except BulkWriteError as error:
+        failures: dict[int, str] = {}
+        for write_error in error.details.get("writeErrors", []):
+            if write_error.get("code") != 11000:
+                failures[plan.op_owner[write_error["index"]]] = mask_text(
+                    str(write_error.get("errmsg", "write failed")))
+        return failures
+    return {}
+
+
+def _verify(entity: EntityMapping, plan: _Plan, after: TargetSnapshot,
+            failures: dict[int, str]) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for mismatch_id, (key, source, parent) in plan.written.items():
+        if mismatch_id in failures:
+            outcomes.append((mismatch_id, "failed", failures[mismatch_id]))
+            continue
+        record = _record_for(entity, after, key, parent)
+        if source is None:  # an orphan deletion
+            gone = record is None
+            outcomes.append((mismatch_id, "repaired" if gone else "failed",
+                             None if gone else "orphan changed since it was read"))
+            continue
+        if judge(entity, source, record) is None:
+            outcomes.append((mismatch_id, "repaired", None))
+        elif _guard_refused(entity, source, record):
+            outcomes.append((mismatch_id, "failed",
+                             "version guard: MongoDB holds a newer source version"))
+        else:
+            fields = sorted(field_differences(entity, source, record)) if record else []
+            outcomes.append((mismatch_id, "failed",
+                             f"still differs after write: {', '.join(fields) or 'missing'}"))
+    return outcomes
+
+
+def _guard_refused(entity: EntityMapping, source: dict[str, Any],
+                   record: TargetRecord | None) -> bool:
+    """The target records a newer source version than the row we wrote."""
+    version = row_version(entity, source)
+    return (record is not None and record.version is not None and version is not None
+            and record.version > version)
+
+
+def repair_entity(engine: sa.Engine, db: Database[dict[str, Any]], entity: EntityMapping,
+                  rows: Sequence[MismatchRow], *, delete_orphans: bool,
+                  now: datetime) -> list[Outcome]:
+    keys, bad = [], []
+    for mismatch in rows:
+        try:
+            keys.append(typed_key(entity, mismatch.record_key))
+        except ValueCoercionError as error:
+            bad.append((mismatch.id, "failed", str(error)))
+    sources = fetch_rows(engine, entity, keys)
+    embedded = entity.target.embedded
+    parents = None
+    if embedded:
+        parents = [s[embedded.parent_key] for s in sources.values()]
+        parents += [_orphan_parent(entity, m) for m in rows
+                    if m.kind == MismatchKind.ORPHAN_IN_MONGO]
+    before = fetch_targets(db, entity, keys, parents)
+    valid = [m for m in rows if m.id not in {b[0] for b in bad}]
+    plan = _plan_entity(entity, valid, sources, before, delete_orphans)
+    failures = _write(db, entity, plan)
+    after = fetch_targets(db, entity, [k for k, _, _ in plan.written.values()], parents)
+    outcomes = bad + plan.outcomes + _verify(entity, plan, after, failures)
+    repaired = [plan.written[i][0] for i, status, _ in outcomes
+                if status == "repaired" and plan.written[i][1] is not None]
+    if repaired and entity.source.sync_tracking:
+        with engine.begin() as conn:
+            mark_sync(conn, entity, repaired, status="synced", at=now, error=None)
+    return outcomes
+
+
+def repair_batch(engine: sa.Engine, db: Database[dict[str, Any]], config: ReconConfig,
+                 report_id: int, id_range: tuple[int, int], now: datetime) -> int:
+    """Repair the report's mismatches with ids in `id_range`; returns how many were looked
+    at. Outcomes are written to the mismatch rows."""
+    rows = [m for m in reports.mismatches_between(engine, report_id, *id_range)
+            if m.repair_status == "reported"]
+    by_entity: dict[str, list[MismatchRow]] = defaultdict(list)
+    for row in rows:
+        by_entity[row.entity].append(row)
+    for name, entity_rows in by_entity.items():
+        entity = config.entity(name)
+        for start in range(0, len(entity_rows), 500):
+            outcomes = repair_entity(engine, db, entity, entity_rows[start:start + 500],
+                                     delete_orphans=config.settings.delete_orphans, now=now)
+            reports.set_repair_outcomes(engine, outcomes)
+    return len(rows)

@@ -1,0 +1,159 @@
+"""Reading the source of truth as the mapping sees it: streamed in merge-key order with a
+server-side cursor, or looked up by key. Identifiers are always quoted by SQLAlchemy.
+
+The merge key is the document key, or (parent key, element key) for embedded entities,
+so that one sorted MongoDB cursor over the parent documents lines up with the rows.
+Text keys sort with COLLATE "C": byte order, the order MongoDB and Python use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from recon_pipeline.engine.mapping import EntityMapping
+from recon_pipeline.engine.normalize import ValueKind
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceTable:
+    """A lightweight, quoted view of the mapped table: only the columns we read."""
+
+    entity: EntityMapping
+    table: sa.TableClause
+
+    @classmethod
+    def of(cls, entity: EntityMapping) -> SourceTable:
+        columns = entity.source_columns
+        if entity.source.sync_tracking:
+            tracking = entity.source.sync_tracking
+            columns = (*columns, tracking.status, tracking.synced_at, tracking.error)
+        return cls(entity, sa.table(entity.source.table,
+                                    *(sa.column(c) for c in dict.fromkeys(columns))))
+
+    def col(self, name: str) -> sa.ColumnClause[Any]:
+        return self.table.c[name]
+
+    def _ordered(self, name: str, kind: ValueKind) -> sa.ColumnElement[Any]:
+        column = self.col(name)
+        return column.collate("C") if kind is ValueKind.TEXT else column
+
+    @property
+    def merge_columns(self) -> list[sa.ColumnElement[Any]]:
+        entity = self.entity
+        key = self._ordered(entity.source.key, entity.key_kind)
+        if entity.target.embedded is None:
+            return [key]
+        return [self._ordered(entity.target.embedded.parent_key, entity.parent_key_kind), key]
+
+    @property
+    def bound_column(self) -> sa.ColumnElement[Any]:
+        """Chunks are bounded on the document key (the parent key when embedded)."""
+        return self.merge_columns[0]
+
+    def select_mapped(self) -> sa.Select[Any]:
+        return sa.select(*(self.col(c) for c in self.entity.source_columns))
+
+    def in_window(self, start: datetime | None, end: datetime | None) -> list[Any]:
+        updated = self.col(self.entity.source.updated_at)
+        clauses: list[Any] = []
+        if start is not None:
+            clauses.append(updated >= start)
+        if end is not None:
+            clauses.append(updated < end)
+        return clauses
+
+    def in_bounds(self, lower: Any, upper: Any) -> list[Any]:
+        clauses: list[Any] = []
+        if lower is not None:
+            clauses.append(self.bound_column > lower)
+        if upper is not None:
+            clauses.append(self.bound_column <= upper)
+        return clauses
+
+
+def stream_rows(engine: sa.Engine, entity: EntityMapping, *, start: datetime | None,
+                end: datetime | None, lower: Any = None, upper: Any = None,
+                batch_size: int = 5000) -> Iterator[list[Row]]:
+    """Rows in merge-key order, in batches; memory is bounded by the batch."""
+    source = SourceTable.of(entity)
+    query = (source.select_mapped()
+             .where(*source.in_window(start, end), *source.in_bounds(lower, upper))
+             .order_by(*source.merge_columns))
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(query)
+        for partition in result.mappings().partitions():
+            yield [dict(row) for row in partition]
+
+
+def fetch_rows(engine: sa.Engine, entity: EntityMapping, keys: Sequence[Any]) -> dict[Any, Row]:
+    """The current source rows of `keys` (absent keys have no row)."""
+    if not keys:
+        return {}
+    source = SourceTable.of(entity)
+    key_column = source.col(entity.source.key)
+    query = source.select_mapped().where(key_column.in_(list(keys)))
+    with engine.connect() as conn:
+        return {row[entity.source.key]: dict(row)
+                for row in conn.execute(query).mappings()}
+
+
+def existing_merge_keys(engine: sa.Engine, entity: EntityMapping,
+                        keys: Sequence[Any]) -> set[Any]:
+    """Which of `keys` (element keys for embedded entities) have a source row, as merge
+    keys: the key, or (parent, key)."""
+    if not keys:
+        return set()
+    source = SourceTable.of(entity)
+    key_name = entity.source.key
+    columns = [source.col(key_name)]
+    if entity.target.embedded:
+        columns.insert(0, source.col(entity.target.embedded.parent_key))
+    query = sa.select(*columns).where(source.col(key_name).in_(list(keys)))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return {tuple(r) if entity.target.embedded else r[0] for r in rows}
+
+
+def chunk_bounds(engine: sa.Engine, entity: EntityMapping, *, start: datetime | None,
+                 end: datetime | None, chunk_size: int) -> tuple[int, list[Any]]:
+    """(rows in the window, the bound-column values that split them into chunks of about
+    `chunk_size` rows). Bounds never split one parent's elements."""
+    source = SourceTable.of(entity)
+    bound = source.bound_column.label("bound")
+    numbered = (sa.select(bound, sa.func.row_number().over(order_by=source.merge_columns)
+                          .label("n"))
+                .where(*source.in_window(start, end)).subquery())
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(numbered)).scalar_one()
+        cuts = conn.execute(sa.select(numbered.c.bound)
+                            .where(numbered.c.n % chunk_size == 0)
+                            .order_by(numbered.c.n)).scalars().all()
+    bounds = list(dict.fromkeys(cuts))
+    return int(total), bounds
+
+
+def count_rows(engine: sa.Engine, entity: EntityMapping) -> int:
+    source = SourceTable.of(entity)
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(source.table))
+                   .scalar_one())
+
+
+def mark_sync(conn: sa.Connection, entity: EntityMapping, keys: Sequence[Any], *,
+              status: str, at: datetime | None, error: str | None) -> None:
+    """Record a delivery outcome in the entity's sync_tracking columns, if it has them."""
+    tracking = entity.source.sync_tracking
+    if tracking is None or not keys:
+        return
+    source = SourceTable.of(entity)
+    conn.execute(
+        sa.update(source.table)
+        .where(source.col(entity.source.key).in_(list(keys)))
+        .values({tracking.status: status, tracking.synced_at: at, tracking.error: error}))

@@ -1,0 +1,77 @@
+"""Small, explicit data builders for engine tests: source rows in PostgreSQL and their
+consistent MongoDB copies written through the one projection."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from pymongo.database import Database
+
+from recon_pipeline.engine.mapping import ReconConfig
+from recon_pipeline.engine.projection import Presence, upsert_ops
+from recon_pipeline.engine.reconcile import RunRequest, run_reconciliation
+from recon_pipeline.engine.report import RunReport
+from recon_pipeline.engine.window import RunWindow
+from recon_pipeline.stores import schema
+
+T0 = datetime(2026, 3, 1, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+def client_row(ref: str, *, at: datetime = T0, **overrides: Any) -> dict[str, Any]:
+    return {"client_ref": ref, "first_name": "Ada", "last_name": "Lovelace",
+            "email": f"{ref.lower()}@example.com", "status": "active", "created_at": at,
+            "updated_at": at, **overrides}
+
+
+def debt_row(debt_id: int, ref: str, *, at: datetime = T0, **overrides: Any) -> dict[str, Any]:
+    return {"id": debt_id, "client_ref": ref, "creditor_name": f"Creditor {debt_id}",
+            "creditor_email": f"c{debt_id}@bank.example", "debt_amount": Decimal("100.10"),
+            "currency": "EUR", "updated_at": at, **overrides}
+
+
+def email_row(email_id: int, ref: str, *, at: datetime = T0, **overrides: Any) -> dict[str, Any]:
+    return {"id": email_id, "client_ref": ref, "from_address": f"n{email_id}@x.example",
+            "subject": f"Statement {email_id}", "received_at": at,
+            "processing_status": "new", "extracted_amount": Decimal("12.50"),
+            "mongo_sync_status": "pending", "mongo_synced_at": None, "mongo_sync_error": None,
+            "created_at": at, "updated_at": at, **overrides}
+
+
+def insert(engine: sa.Engine, table: sa.Table, *rows: dict[str, Any]) -> None:
+    with engine.begin() as conn:
+        conn.execute(table.insert(), list(rows))
+
+
+def mirror(db: Database, config: ReconConfig, entity_name: str, *rows: dict[str, Any],
+           presence: Presence | None = None) -> None:
+    """Write rows to MongoDB exactly as the pipeline would (a consistent copy)."""
+    entity = config.entity(entity_name)
+    default = Presence.PARENT_ONLY if entity.target.embedded else Presence.ABSENT
+    ops = [op for row in rows for op in upsert_ops(entity, row, presence or default)]
+    db[entity.target.collection].bulk_write(ops, ordered=True)
+
+
+def window(start: datetime = T0 - timedelta(hours=1), end: datetime = T0 + timedelta(hours=1),
+           *, full_scan: bool = False) -> RunWindow:
+    return RunWindow(start, end, full_scan)
+
+
+def run(engine: sa.Engine, db: Database, config: ReconConfig, run_window: RunWindow | None = None,
+        **request: Any) -> RunReport:
+    from recon_pipeline_tests.conftest import mongo_url_of
+
+    return run_reconciliation(
+        engine, mongo_url_of(db), db.name, config,
+        RunRequest(run_id="test-run", window=run_window or window(), **request),
+        clock=lambda: T0 + timedelta(hours=2))
+
+
+def mismatch_rows(engine: sa.Engine, report_id: int) -> list[tuple[str, str, str, str]]:
+    m = schema.reconciliation_mismatches.c
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(m.entity, m.record_key, m.kind, m.repair_status)
+            .where(m.report_id == report_id).order_by(m.entity, m.record_key, m.kind))]

@@ -69,13 +69,13 @@ def row_parent(entity: EntityMapping, row: Mapping[str, Any]) -> Any:
 
 def field_differences(entity: EntityMapping, row: Mapping[str, Any],
                       record: TargetLike) -> dict[str, dict[str, Any]]:
-    return {
-        f.target: {"source": json_value(row[f.column]),
-                   "target": json_value(record.values.get(f.target, MISSING))}
-        for f in entity.compared_fields
-        if not values_equal(row[f.column], record.values.get(f.target, MISSING), f.kind,
-                            f.tolerance)
-    }
+    values = record.values
+    differences: dict[str, dict[str, Any]] = {}
+    for column, path, _, kind, tolerance in entity.compare_plan:
+        source, target = row[column], values.get(path, MISSING)
+        if not values_equal(source, target, kind, tolerance):
+            differences[path] = {"source": json_value(source), "target": json_value(target)}
+    return differences
 
 
 def judge(entity: EntityMapping, row: Mapping[str, Any] | None,
@@ -107,6 +107,11 @@ _TYPE_RANK = {type(None): 0, int: 1, float: 1, Decimal: 1, str: 2, dict: 3, list
 def order_key(value: Any) -> tuple[Any, ...]:
     """MongoDB's cross-type sort order (numbers before strings, ...), so keys of mixed
     types in a collection merge in the order the server returns them."""
+    value_type = type(value)
+    if value_type is int:
+        return (1, value)
+    if value_type is str:
+        return (2, value)
     if isinstance(value, tuple):
         return tuple(order_key(v) for v in value)
     rank = _TYPE_RANK.get(type(value), 6)
@@ -129,14 +134,21 @@ def merge_join(rows: Iterable[Mapping[str, Any]], records: Iterable[TargetLike],
     def record_order(record: TargetLike) -> Any:
         return order_key(merge_key(entity, record.key, record.parent))
 
+    # Each item's order key is computed once, not at every comparison.
     row, record = next(row_iter, None), next(record_iter, None)
+    row_at: Any = row_order(row) if row is not None else None
+    record_at: Any = record_order(record) if record is not None else None
     while row is not None or record is not None:
-        if record is None or (row is not None and row_order(row) < record_order(record)):
+        if record is None or (row is not None and row_at < record_at):
             yield row, None
             row = next(row_iter, None)
-        elif row is None or record_order(record) < row_order(row):
+            row_at = row_order(row) if row is not None else None
+        elif row is None or record_at < row_at:
             yield None, record
             record = next(record_iter, None)
+            record_at = record_order(record) if record is not None else None
         else:
             yield row, record
             row, record = next(row_iter, None), next(record_iter, None)
+            row_at = row_order(row) if row is not None else None
+            record_at = record_order(record) if record is not None else None

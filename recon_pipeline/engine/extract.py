@@ -29,6 +29,7 @@ from recon_pipeline.engine.diff import (
     order_key,
 )
 from recon_pipeline.engine.mapping import EntityMapping, ReconConfig
+from recon_pipeline.engine.prefetch import prefetched
 from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.stores import reports
 from recon_pipeline.stores.source import chunk_bounds, count_rows, existing_merge_keys, stream_rows
@@ -37,7 +38,7 @@ from recon_pipeline.stores.target import (
     TargetRecord,
     fetch_targets,
     find_updated_between,
-    scan_targets,
+    scan_target_batches,
 )
 
 # A window holding at least this share of an entity's rows is read with one sorted cursor
@@ -159,9 +160,11 @@ Pair = tuple[Mapping[str, Any] | None, TargetRecord | None]
 def _scan_pairs(engine: sa.Engine, db: Database[dict[str, Any]], entity: EntityMapping,
                 window: RunWindow, chunk: ChunkPlan) -> Iterator[Pair]:
     start, end = (None, None) if window.full_scan else (window.start, window.end)
-    rows = chain.from_iterable(stream_rows(engine, entity, start=start, end=end,
-                                           lower=chunk.lower, upper=chunk.upper))
-    records = scan_targets(db, entity, lower=chunk.lower, upper=chunk.upper)
+    # Batches are read ahead on both sides: the servers work while this thread compares.
+    rows = chain.from_iterable(prefetched(stream_rows(
+        engine, entity, start=start, end=end, lower=chunk.lower, upper=chunk.upper)))
+    records = chain.from_iterable(prefetched(scan_target_batches(
+        db, entity, lower=chunk.lower, upper=chunk.upper)))
     candidates: list[TargetRecord] = []
     for row, record in merge_join(rows, records, entity):  # type: ignore[arg-type]
         if row is None:

@@ -96,6 +96,14 @@ class EntityMapping:
     fields: tuple[FieldMapping, ...]
     key_kind: ValueKind = ValueKind.TEXT
     parent_key_kind: ValueKind = ValueKind.TEXT
+    # Worked out once: the diff reads it for every row (column, path, dotted, kind, tolerance).
+    compare_plan: tuple[tuple[str, str, bool, ValueKind, Decimal], ...] = field(
+        init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compare_plan", tuple(
+            (f.column, f.target, "." in f.target, f.kind, f.tolerance)
+            for f in self.fields if not f.ignore))
 
     @property
     def compared_fields(self) -> tuple[FieldMapping, ...]:

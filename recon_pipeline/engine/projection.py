@@ -53,9 +53,12 @@ def projected_fields(entity: EntityMapping, row: Row) -> dict[str, Any]:
 
 
 def version_guard(version: datetime | None) -> dict[str, Any]:
+    """Match a target whose recorded version is missing, null or not newer than `version`.
+    `$not: {$gt}` says that in one clause: an `$or` of the cases is equivalent but makes
+    secantusdb scan the collection for every write (1.8 writes/s instead of ~500)."""
     if version is None:
         return {VERSION_FIELD: None}
-    return {"$or": [{VERSION_FIELD: None}, {VERSION_FIELD: {"$lte": version}}]}
+    return {VERSION_FIELD: {"$not": {"$gt": version}}}
 
 
 def nest(flat: Mapping[str, Any]) -> dict[str, Any]:

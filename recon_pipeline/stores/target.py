@@ -59,7 +59,8 @@ def _record(entity: EntityMapping, key: Any, parent: Any, node: Document) -> Tar
     return TargetRecord(
         key=key,
         parent=parent,
-        values={f.target: get_path(node, f.target) for f in entity.compared_fields},
+        values={path: get_path(node, path) if dotted else node.get(path, MISSING)
+                for _, path, dotted, _, _ in entity.compare_plan},
         version=node.get(VERSION_FIELD),
     )
 
@@ -127,10 +128,12 @@ def fetch_targets(db: Database[Document], entity: EntityMapping, keys: Sequence[
     return TargetSnapshot(records, frozenset(found_parents), elements)
 
 
-def scan_targets(db: Database[Document], entity: EntityMapping, *, lower: Any = None,
-                 upper: Any = None, batch_size: int = 5000) -> Iterator[TargetRecord]:
+def scan_target_batches(db: Database[Document], entity: EntityMapping, *, lower: Any = None,
+                        upper: Any = None, batch_size: int = 5000
+                        ) -> Iterator[list[TargetRecord]]:
     """Every target record in document-key order (one sorted cursor), optionally within
-    document keys (lower, upper]; elements of one parent come in element-key order."""
+    document keys (lower, upper]; elements of one parent come in element-key order.
+    In batches of about `batch_size` documents."""
     bounds: dict[str, Any] = {}
     if lower is not None:
         bounds["$gt"] = lower
@@ -139,11 +142,19 @@ def scan_targets(db: Database[Document], entity: EntityMapping, *, lower: Any = 
     query = {"_id": bounds} if bounds else {}
     cursor = db[entity.target.collection].find(
         query, projection_of(entity), sort=[("_id", 1)], batch_size=batch_size)
+    batch: list[TargetRecord] = []
+    documents = 0
     for document in cursor:
         records = records_of(entity, document)
         if entity.target.embedded is not None:
             records.sort(key=_element_order)
-        yield from records
+        batch += records
+        documents += 1
+        if documents == batch_size:
+            yield batch
+            batch, documents = [], 0
+    if batch:
+        yield batch
 
 
 def _element_order(record: TargetRecord) -> tuple[str, Any]:

@@ -496,3 +496,19 @@ def test_module_never_imports_dagster() -> None:
         if isinstance(node, ast.ImportFrom) and node.module
     }
     assert "dagster" not in imported
+
+
+def test_fast_decimal128_decode_matches_the_library() -> None:
+    """The diff's Decimal128 decoder gives the library's exact digits, specials included."""
+    import random
+
+    from recon_pipeline.engine.normalize import _decimal128_to_decimal
+
+    rng = random.Random(4)
+    samples = ["12.50", "-0.00", "0", "1E+10", "-123456789012345678901234567890.1234", "NaN",
+               "Infinity", "-Infinity", "1E-6176", "9999999999999999999999999999999999E6111"]
+    samples += [str(Decimal(rng.randint(-10**30, 10**30)).scaleb(rng.randint(-40, 40)))
+                for _ in range(2000)]
+    for text in samples:
+        value = Decimal128(text)
+        assert str(_decimal128_to_decimal(value)) == str(value.to_decimal()), text

@@ -1,0 +1,88 @@
+"""The outbox table as delivery sees it: claiming due messages, recording outcomes.
+
+A claim is a `SELECT ... FOR UPDATE SKIP LOCKED` whose transaction the caller keeps open
+while the batch is delivered: two deliveries never hold the same message, and a delivery that dies
+(SIGKILL, lost connection) rolls back, leaving its messages due again untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from recon_pipeline.stores.schema import outbox_messages
+
+# Written as the partial index `ix_outbox_messages_due` says it, so the planner can use it
+# (a bound parameter list would hide the predicate from a generic plan).
+_DUE = sa.text("outbox_messages.status in ('pending', 'failed')")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    id: int
+    aggregate_type: str
+    aggregate_id: str
+    operation: str
+    payload: Any  # decoded JSON: an object when well-formed, anything otherwise
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    """A message's new state after a failed or refused delivery."""
+
+    id: int
+    status: str  # `failed` or `dead`
+    attempts: int
+    last_error: str
+    next_attempt_at: datetime
+
+
+def _claim_query(now: datetime, limit: int) -> sa.Select[Any]:
+    m = outbox_messages.c
+    return (sa.select(m.id, m.aggregate_type, m.aggregate_id, m.operation, m.payload,
+                      m.attempts, m.created_at)
+            .where(_DUE, m.next_attempt_at <= now)
+            .order_by(m.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True))
+
+
+def claim_due_messages(conn: sa.Connection, now: datetime,
+                       limit: int) -> tuple[OutboxMessage, ...]:
+    """Lock up to `limit` due messages in id order, for as long as `conn`'s transaction
+    lasts; messages another delivery holds are skipped, not waited for."""
+    return tuple(OutboxMessage(*row) for row in conn.execute(_claim_query(now, limit)))
+
+
+def mark_sent(conn: sa.Connection, ids: Sequence[int], now: datetime) -> None:
+    if not ids:
+        return
+    m = outbox_messages.c
+    # One array parameter, not one parameter per id: the statement stays the same text.
+    conn.execute(sa.update(outbox_messages)
+                 .where(m.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger))))
+                 .values(status="sent", processed_at=now), {"ids": list(ids)})
+
+
+def mark_failed(conn: sa.Connection, failures: Sequence[FailedDelivery]) -> None:
+    """One statement for the batch (executemany: the driver pipelines it)."""
+    if not failures:
+        return
+    m = outbox_messages.c
+    statement = (sa.update(outbox_messages)
+                 .where(m.id == sa.bindparam("message_id"))
+                 .values(status=sa.bindparam("new_status"),
+                         attempts=sa.bindparam("new_attempts"),
+                         last_error=sa.bindparam("error"),
+                         next_attempt_at=sa.bindparam("due")))
+    conn.execute(statement, [
+        {"message_id": f.id, "new_status": f.status, "new_attempts": f.attempts,
+         "error": f.last_error, "due": f.next_attempt_at}
+        for f in failures])

@@ -2,6 +2,14 @@
 
 from dagster import Definitions
 
+from recon_pipeline.assets import reconciliation_report
+from recon_pipeline.jobs import reconciliation_job
 from recon_pipeline.resources import default_resources
+from recon_pipeline.schedules import reconciliation_full_daily, reconciliation_hourly
 
-defs = Definitions(resources=default_resources())
+defs = Definitions(
+    assets=[reconciliation_report],
+    jobs=[reconciliation_job],
+    schedules=[reconciliation_hourly, reconciliation_full_daily],
+    resources=default_resources(),
+)

@@ -134,3 +134,13 @@ def mongo_url_of(db: Database[Any]) -> str:
         return os.environ["MONGODB_URL"]
     host, port = db.client.address or ("127.0.0.1", 27017)
     return f"mongodb://{host}:{port}/?directConnection=true"
+
+
+@pytest.fixture(scope="session")
+def dagster_postgres_url(servers: ServerUrls) -> Iterator[str]:
+    """A database for Dagster's own instance storage (dagster-postgres wants psycopg2)."""
+    name = f"dagster_t_{os.getpid()}"
+    _drop_database(servers, name)
+    embedded.ensure_database(servers.postgres_admin_url, name)
+    yield servers.postgres_url(name).replace("postgresql+psycopg://", "postgresql+psycopg2://")
+    _drop_database(servers, name)

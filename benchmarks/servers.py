@@ -1,0 +1,70 @@
+"""Servers for a benchmark run: embedded ones in a temporary folder, or the URLs given."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from recon_pipeline import embedded
+from recon_pipeline.environment import normalize_postgres_url
+from recon_pipeline.stores.postgres import create_engine
+from recon_pipeline.stores.schema import init_schema
+
+
+@dataclass(frozen=True)
+class BenchServers:
+    postgres_admin_url: str
+    mongodb_url: str
+
+    @contextmanager
+    def fresh_database(self) -> Iterator[tuple[sa.Engine, str, str]]:
+        """(engine with the schema initialised, its URL, a MongoDB database name)."""
+        name = f"recon_bench_{uuid.uuid4().hex[:8]}"
+        embedded.ensure_database(self.postgres_admin_url, name)
+        url = sa.make_url(self.postgres_admin_url).set(database=name).render_as_string(
+            hide_password=False)
+        engine = create_engine(url)
+        init_schema(engine)
+        try:
+            yield engine, url, name
+        finally:
+            engine.dispose()
+            import psycopg
+
+            with psycopg.connect(self.postgres_admin_url.replace("+psycopg", ""),
+                                 autocommit=True) as conn:
+                conn.execute(f'drop database if exists "{name}" with (force)')
+            from pymongo import MongoClient
+
+            MongoClient(self.mongodb_url).drop_database(name)
+
+
+@contextmanager
+def bench_servers() -> Iterator[BenchServers]:
+    pg_url = os.environ.get("DATABASE_URL")
+    mongo_url = os.environ.get("MONGODB_URL")
+    with tempfile.TemporaryDirectory(prefix="recon-bench-") as tmp:
+        started: list[embedded.ServerProcess] = []
+        try:
+            if not pg_url:
+                pg = embedded.start_postgres(Path(tmp) / "postgres", fast=True)
+                started.append(pg)
+                pg_url = embedded.postgres_url(pg.port, "postgres")
+            if not mongo_url:
+                mongo = embedded.start_mongodb(Path(tmp) / "mongodb")
+                started.append(mongo)
+                mongo_url = embedded.mongodb_url(mongo.port)
+            yield BenchServers(normalize_postgres_url(pg_url), mongo_url)
+        finally:
+            for server in started:
+                if server.name == "postgres":
+                    embedded.stop_postgres(server)
+                else:
+                    embedded.stop_process(server)

@@ -1,0 +1,99 @@
+"""Shared by the Dagster-surface tests: resources pointing at the test servers, seeded
+drift with the exact figures a run must report, and a PostgreSQL-backed Dagster home."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from pymongo.database import Database
+
+from recon_pipeline.demo import SeedSummary, seed_demo
+from recon_pipeline.engine.mapping import ReconConfig
+from recon_pipeline.resources import (
+    MappingResource,
+    MongoResource,
+    PostgresResource,
+    reconciliation_resources,
+)
+from recon_pipeline_tests.conftest import mongo_url_of
+
+REPO = Path(__file__).resolve().parents[1]
+# Seeded data is dated an hour or two back, so the run's real clock sees it all settled,
+# and the live idempotency keys (valid a day past the seed's `now`) stay live.
+SEED_NOW = (datetime.now(UTC) - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
+WINDOW_START, WINDOW_END = SEED_NOW - timedelta(hours=48), SEED_NOW
+
+
+def test_resources(pg_url: str, mongo_db: Database[Any],
+                   mapping_path: Path | None = None,
+                   mongodb_url: str | None = None) -> dict[str, Any]:
+    return reconciliation_resources(
+        postgres=PostgresResource(database_url=pg_url),
+        mongo=MongoResource(mongodb_url=mongodb_url or mongo_url_of(mongo_db),
+                            database=mongo_db.name),
+        mapping=MappingResource(path=str(mapping_path) if mapping_path else None))
+
+
+test_resources.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+@dataclass(frozen=True)
+class Seeded:
+    summary: SeedSummary
+    counts: dict[str, int]
+
+
+def seed(engine: sa.Engine, mongo: Database[Any], config: ReconConfig, *, clients: int = 40,
+         seed_value: int = 3) -> Seeded:
+    summary = seed_demo(engine, mongo, config, clients=clients, drift_rate=0.2,
+                        seed=seed_value, now=SEED_NOW)
+    return Seeded(summary, expected_counts(summary))
+
+
+def expected_counts(summary: SeedSummary) -> dict[str, int]:
+    """Every figure of the report row for a run over the whole seeded window: all drift
+    found, missing and mismatched repaired, orphans only reported; the 3 failed outbox
+    messages delivered, the 3 malformed ones dead; the 4 expired keys deleted."""
+    drift = summary.drift.values()
+    missing = sum(len(d.missing) for d in drift)
+    mismatched = sum(len(d.mismatched) for d in drift)
+    orphans = sum(len(d.orphans) for d in drift)
+    return {
+        "records_checked": sum(d.rows for d in drift),
+        "mismatches_found": missing + mismatched + orphans,
+        "missing_in_mongo": missing, "field_mismatches": mismatched,
+        "orphans_in_mongo": orphans, "repaired": missing + mismatched,
+        "repair_failed": 0, "repair_skipped": 0,
+        "outbox_attempted": 6, "outbox_sent": 3, "outbox_failed": 0, "outbox_dead": 3,
+        "outbox_stale": 0, "idempotency_keys_deleted": 4, "outbox_messages_deleted": 0,
+    }
+
+
+def write_dagster_home(home: Path, dagster_postgres_url: str) -> dict[str, str]:
+    """A DAGSTER_HOME holding the project's dagster.yaml; the env that makes it load."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    return {"DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": dagster_postgres_url}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "RECON_"))}
+    env.update(extra)
+    return env
+
+
+def small_chunk_mapping(tmp_path: Path, chunk_size: int = 10) -> Path:
+    """The packaged mapping with tiny chunks, so a small data set fans out."""
+    from recon_pipeline.environment import packaged_mapping_path
+
+    path = tmp_path / "recon.yaml"
+    path.write_text(packaged_mapping_path().read_text().replace(
+        "chunk_size: 50000", f"chunk_size: {chunk_size}"))
+    return path
+

@@ -64,7 +64,4 @@ def bench_servers() -> Iterator[BenchServers]:
             yield BenchServers(normalize_postgres_url(pg_url), mongo_url)
         finally:
             for server in started:
-                if server.name == "postgres":
-                    embedded.stop_postgres(server)
-                else:
-                    embedded.stop_process(server)
+                embedded.stop_server(server)

@@ -254,6 +254,13 @@ def stop_process(server: ServerProcess, sig: int = signal.SIGTERM) -> None:
         process.wait(timeout=10)
 
 
+def stop_server(server: ServerProcess) -> None:
+    if server.name == "postgres":
+        stop_postgres(server)
+    else:
+        stop_process(server)
+
+
 # --- the pair, with a state file ------------------------------------------------------------
 
 
@@ -299,8 +306,8 @@ def stop(home: Path | None = None) -> bool:
     state = read_state(home)
     if state is None:
         return False
-    stop_postgres(state.postgres)
-    stop_process(state.mongodb)
+    for server in (state.postgres, state.mongodb):
+        stop_server(server)
     _state_file(home).unlink(missing_ok=True)
     return True
 

@@ -65,10 +65,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUrls]:
         yield ServerUrls(pg_url, mongo_url, home, mongo_port)
     finally:
         for server in started:
-            if server.name == "postgres":
-                embedded.stop_postgres(server)
-            else:
-                embedded.stop_process(server)
+            embedded.stop_server(server)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from bson.errors import InvalidDocument
@@ -22,7 +21,14 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 from recon_pipeline.engine.mapping import EntityMapping
 from recon_pipeline.engine.normalize import ValueCoercionError
 from recon_pipeline.engine.outbox_plan import PlannedDelivery
-from recon_pipeline.engine.projection import Presence, WriteOp, delete_ops, upsert_ops
+from recon_pipeline.engine.projection import (
+    Presence,
+    WriteOp,
+    delete_ops,
+    newer_than,
+    presence_in,
+    upsert_ops,
+)
 from recon_pipeline.stores.outbox import OutboxMessage
 from recon_pipeline.stores.target import TargetRecord, TargetSnapshot, fetch_targets
 
@@ -61,16 +67,6 @@ class _Bulk:
             self.add(plan, upsert_ops(plan.entity, plan.row, presence))
         except ValueCoercionError as error:  # a value MongoDB cannot hold exactly
             outcomes.invalid.append((plan.message, f"invalid payload: {error}"))
-
-
-def newer_than(record: TargetRecord | None, version: datetime | None) -> bool:
-    """Whether the target already holds a newer version than `version`."""
-    if record is None or record.version is None:
-        return False
-    stored = record.version
-    if stored.tzinfo is None:  # a client without tz_aware reads naive UTC
-        stored = stored.replace(tzinfo=UTC)
-    return version is None or stored > version
 
 
 @dataclass(slots=True)
@@ -123,9 +119,7 @@ def _deliver_upserts(db: Database[dict[str, Any]], share: EntityShare,
             if newer_than(record, plan.version):
                 outcomes.stale.append(plan)
                 continue
-            presence = (Presence.PRESENT if record is not None else Presence.PARENT_ONLY
-                        if plan.parent in before.parents else Presence.ABSENT)
-            bulk.add_upsert(plan, presence, outcomes)
+            bulk.add_upsert(plan, presence_in(before, entity, plan.key, plan.parent), outcomes)
     errors, applied = _bulk_write(db, entity, bulk.ops)
     written: list[PlannedDelivery] = []
     collided = False

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 
 from recon_pipeline.engine.mapping import EntityMapping
 from recon_pipeline.engine.normalize import ValueKind, to_bson_value
-from recon_pipeline.stores.target import VERSION_FIELD
+from recon_pipeline.stores.target import VERSION_FIELD, TargetRecord, TargetSnapshot
 
 Row = Mapping[str, Any]
 WriteOp = UpdateOne | DeleteOne
@@ -29,6 +29,27 @@ class Presence(enum.Enum):
     ABSENT = "absent"  # no document; embedded: no parent document
     PARENT_ONLY = "parent_only"  # embedded: parent exists, element does not
     PRESENT = "present"
+
+
+def presence_in(snapshot: TargetSnapshot, entity: EntityMapping, key: Any,
+                parent: Any) -> Presence:
+    """What a fresh read of the target holds for `key` (under `parent` when embedded)."""
+    if entity.target.embedded is None:
+        return Presence.PRESENT if snapshot.record_at(key) else Presence.ABSENT
+    if snapshot.record_at(key, parent) is not None:
+        return Presence.PRESENT
+    return Presence.PARENT_ONLY if parent in snapshot.parents else Presence.ABSENT
+
+
+def newer_than(record: TargetRecord | None, version: datetime | None) -> bool:
+    """Whether the target records a newer source version than `version`: the version
+    guard would refuse the write (the same rule the guarded filter applies server-side)."""
+    if record is None or record.version is None:
+        return False
+    stored = record.version
+    if stored.tzinfo is None:  # a client without tz_aware reads naive UTC
+        stored = stored.replace(tzinfo=UTC)
+    return version is None or stored > version
 
 
 def source_key(entity: EntityMapping, row: Row) -> Any:

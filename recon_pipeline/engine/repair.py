@@ -21,9 +21,10 @@ from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
 from recon_pipeline.engine.mapping import EntityMapping, ReconConfig
 from recon_pipeline.engine.normalize import ValueCoercionError, coerce_source_value
 from recon_pipeline.engine.projection import (
-    Presence,
     WriteOp,
     delete_ops,
+    newer_than,
+    presence_in,
     row_version,
     upsert_ops,
 )
@@ -51,15 +52,6 @@ class _Plan:
         self.ops += ops
         self.op_owner += [mismatch_id] * len(ops)
         self.written[mismatch_id] = (key, row, parent)
-
-
-def presence_of(entity: EntityMapping, key: Any, parent: Any,
-                snapshot: TargetSnapshot) -> Presence:
-    if entity.target.embedded is None:
-        return Presence.PRESENT if snapshot.record_at(key) else Presence.ABSENT
-    if snapshot.record_at(key, parent) is not None:
-        return Presence.PRESENT
-    return Presence.PARENT_ONLY if parent in snapshot.parents else Presence.ABSENT
 
 
 def typed_key(entity: EntityMapping, record_key: str) -> Any:
@@ -110,7 +102,7 @@ def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
         if judge(entity, source, _record_for(entity, snapshot, key, parent)) is None:
             plan.outcomes.append((mismatch.id, "resolved", None))
             continue
-        presence = presence_of(entity, key, parent, snapshot)
+        presence = presence_in(snapshot, entity, key, parent)
         plan.write(mismatch.id, upsert_ops(entity, source, presence), key, source, parent)
     return plan
 
@@ -147,7 +139,7 @@ def _verify(entity: EntityMapping, plan: _Plan, after: TargetSnapshot,
             continue
         if judge(entity, source, record) is None:
             outcomes.append((mismatch_id, "repaired", None))
-        elif _guard_refused(entity, source, record):
+        elif newer_than(record, row_version(entity, source)):
             outcomes.append((mismatch_id, "failed",
                              "version guard: MongoDB holds a newer source version"))
         else:
@@ -155,14 +147,6 @@ def _verify(entity: EntityMapping, plan: _Plan, after: TargetSnapshot,
             outcomes.append((mismatch_id, "failed",
                              f"still differs after write: {', '.join(fields) or 'missing'}"))
     return outcomes
-
-
-def _guard_refused(entity: EntityMapping, source: dict[str, Any],
-                   record: TargetRecord | None) -> bool:
-    """The target records a newer source version than the row we wrote."""
-    version = row_version(entity, source)
-    return (record is not None and record.version is not None and version is not None
-            and record.version > version)
 
 
 def repair_entity(engine: sa.Engine, db: Database[dict[str, Any]], entity: EntityMapping,

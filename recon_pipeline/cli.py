@@ -16,12 +16,18 @@ from recon_pipeline.cli_run import (
     add_run_parser,
     demo_run,
 )
-from recon_pipeline.engine.mapping import MappingError, ReconConfig, load_mapping
+from recon_pipeline.engine.mapping import (
+    MappingError,
+    ReconConfig,
+    collection_warnings,
+    load_mapping,
+)
 from recon_pipeline.environment import Environment, resolve_environment
 from recon_pipeline.masking import mask_text, mask_url
 from recon_pipeline.stores.mongo import MongoUnavailable, connect_database
 from recon_pipeline.stores.postgres import DatabaseUnavailable, connect_engine
 from recon_pipeline.stores.schema import init_schema
+from recon_pipeline.stores.target import ensure_target_indexes
 
 
 def _print(text: str = "") -> None:
@@ -32,12 +38,29 @@ def cmd_db_init(args: argparse.Namespace, env: Environment) -> int:
     engine = connect_engine(env.database_url)
     try:
         created = init_schema(engine)
+        for item in created:
+            _print(f"created {item}")
+        _print(f"schema ready at {mask_url(env.database_url)} ({len(created)} objects created)")
+        config = load_config(env, engine)
     finally:
         engine.dispose()
-    for item in created:
-        _print(f"created {item}")
-    _print(f"schema ready at {mask_url(env.database_url)} ({len(created)} objects created)")
+    try:
+        mongo = connect_database(env.mongodb_url, env.mongodb_database)
+    except MongoUnavailable as error:
+        _warn(f"{error}; MongoDB indexes not created: run `db init` again once it answers")
+        return EXIT_OK
+    try:
+        for warning in collection_warnings(config, set(mongo.list_collection_names())):
+            _warn(warning)
+        indexes = ensure_target_indexes(mongo, config.entities)
+    finally:
+        mongo.client.close()
+    _print(f"MongoDB indexes ready ({mongo.name}): {', '.join(indexes)}")
     return EXIT_OK
+
+
+def _warn(text: str) -> None:
+    print(f"recon-pipeline: warning: {mask_text(text)}", file=sys.stderr, flush=True)
 
 
 def load_config(env: Environment, engine: Any) -> ReconConfig:

@@ -35,15 +35,23 @@ def test_unreachable_mongodb_gives_clear_masked_error(
 
 
 def test_db_init_twice_creates_nothing_the_second_time(
-    fresh_database: str, servers: ServerUrls, monkeypatch: pytest.MonkeyPatch,
+    fresh_database: str, servers: ServerUrls, mongo_db, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", fresh_database)
     monkeypatch.setenv("MONGODB_URL", servers.mongodb_url)
+    monkeypatch.setenv("MONGODB_DATABASE", mongo_db.name)
     assert main(["db", "init"]) == 0
-    assert "(17 objects created)" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "(17 objects created)" in out
+    assert "collection 'incoming_emails' does not exist yet" in err  # a warning only
+    # the windowed orphan scan reads by the mapped updated_at, elements included
+    assert "updated_at_1" in mongo_db.incoming_emails.index_information()
+    assert "final_creditor_list.updated_at_1" in mongo_db.clients.index_information()
     assert main(["db", "init"]) == 0
-    assert "(0 objects created)" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "(0 objects created)" in out
+    assert "does not exist yet" not in err
 
 
 def test_bad_mapping_exits_2_naming_the_column(

@@ -27,6 +27,16 @@ from recon_pipeline.stores.mongo import create_client
 from recon_pipeline.stores.postgres import create_engine
 from recon_pipeline.stores.schema import init_schema
 
+POSTGRES_FIXTURES = {"pg_url", "pg_engine", "fresh_database", "schema_template",
+                     "dagster_postgres_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses PostgreSQL, so CI can re-run them against another server."""
+    for item in items:
+        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+
 
 @dataclass(frozen=True)
 class ServerUrls:

@@ -1,9 +1,6 @@
-import pytest
 import sqlalchemy as sa
 
 from recon_pipeline.stores.schema import init_schema, metadata
-
-pytestmark = pytest.mark.postgres_only
 
 
 def test_db_init_creates_every_table_and_index_then_nothing(fresh_database: str) -> None:

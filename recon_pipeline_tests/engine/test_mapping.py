@@ -15,8 +15,6 @@ from recon_pipeline.engine.mapping import (
 from recon_pipeline.engine.normalize import ValueKind
 from recon_pipeline.environment import packaged_mapping_path
 
-pytestmark = pytest.mark.postgres_only
-
 
 def _packaged() -> dict:
     return yaml.safe_load(packaged_mapping_path().read_text())

@@ -154,7 +154,7 @@ def diff_chunk(engine: sa.Engine, db: Database[dict[str, Any]], config: ReconCon
         sink.counts.get(MismatchKind.ORPHAN_IN_MONGO, 0))
 
 
-Pair = tuple[Mapping[str, Any] | None, TargetRecord | None]
+Pair = tuple[Mapping[Any, Any] | None, TargetRecord | None]
 
 
 def _scan_pairs(engine: sa.Engine, db: Database[dict[str, Any]], entity: EntityMapping,

@@ -1,6 +1,6 @@
 """Load and validate the mapping file (SPEC 5) into frozen values.
 
-Two steps: `parse_mapping` checks the file's own shape (YAML, keys, types); `bind_mapping`
+Two steps: `read_mapping_file` and `parse_settings` check the file's own shape; `bind_mapping`
 checks it against the live schema (tables, columns) and infers each field's value kind.
 Every error names the entity and the bad name.
 """
@@ -8,7 +8,7 @@ Every error names the entity and the bad name.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -16,38 +16,18 @@ from typing import Any
 import yaml
 
 from recon_pipeline.engine.normalize import ValueKind, kind_for_sql_type, kind_from_name
+from recon_pipeline.engine.settings import (  # noqa: F401 - re-exported: part of the mapping
+    CleanupSettings,
+    OutboxSettings,
+    Settings,
+    SettingsError,
+    parse_settings,
+)
 from recon_pipeline.stores.postgres import TableCatalog
 
 
 class MappingError(ValueError):
     """The mapping file is invalid; the message names the entity and the bad name."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxSettings:
-    batch_size: int = 500
-    max_attempts: int = 8
-    backoff_base_seconds: float = 60
-    backoff_max_seconds: float = 3600
-
-
-@dataclass(frozen=True, slots=True)
-class CleanupSettings:
-    outbox_retention_days: float = 30
-    mismatch_retention_days: float = 90
-    batch_size: int = 5000
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    lookback_hours: float = 48
-    settle_seconds: float = 60
-    chunk_size: int = 50000
-    repair_limit: int = 10000
-    mismatch_rate_warn: float = 0.01
-    delete_orphans: bool = False
-    outbox: OutboxSettings = field(default_factory=OutboxSettings)
-    cleanup: CleanupSettings = field(default_factory=CleanupSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,46 +135,6 @@ def read_mapping_file(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise MappingError(f"mapping file {path}: expected a mapping with 'entities'")
     return raw
-
-
-def _section(raw: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = raw.get(key, {})
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise MappingError(f"{where}: '{key}' must be a mapping")
-    return dict(value)
-
-
-def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """Instantiate a settings dataclass, naming unknown keys and wrong types."""
-    defaults = cls()
-    unknown = set(values) - {f.name for f in fields(cls)}
-    if unknown:
-        raise MappingError(f"{where}: unknown setting '{sorted(unknown)[0]}'")
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        expected = type(getattr(defaults, name))
-        if expected in (int, float) and (isinstance(value, bool) or not isinstance(
-                value, (int, float)) or value < 0 or (expected is int and value != int(value))):
-            raise MappingError(f"{where}: setting '{name}' must be a non-negative number")
-        if expected is bool and not isinstance(value, bool):
-            raise MappingError(f"{where}: setting '{name}' must be true or false")
-        kwargs[name] = expected(value) if expected in (int, float) else value
-    return cls(**kwargs)
-
-
-def parse_settings(raw: Mapping[str, Any]) -> Settings:
-    values = _section(raw, "settings", "settings")
-    outbox = _build(OutboxSettings, _section(values, "outbox", "settings"), "settings.outbox")
-    cleanup = _build(CleanupSettings, _section(values, "cleanup", "settings"), "settings.cleanup")
-    values.pop("outbox", None)
-    values.pop("cleanup", None)
-    settings: Settings = _build(Settings, values, "settings")
-    for name in ("chunk_size", "repair_limit"):
-        if getattr(settings, name) < 1:
-            raise MappingError(f"settings: setting '{name}' must be at least 1")
-    return replace(settings, outbox=outbox, cleanup=cleanup)
 
 
 # --- step 2: bind to the live schema --------------------------------------------------------
@@ -323,7 +263,10 @@ class _EntityBinder:
 
 
 def bind_mapping(raw: Mapping[str, Any], catalog: TableCatalog) -> ReconConfig:
-    settings = parse_settings(raw)
+    try:
+        settings = parse_settings(raw)
+    except SettingsError as error:
+        raise MappingError(str(error)) from None
     entities_raw = raw.get("entities")
     if not isinstance(entities_raw, dict) or not entities_raw:
         raise MappingError("mapping: 'entities' must be a non-empty mapping")

@@ -24,3 +24,21 @@ def test_reconciliation_report_wiring() -> None:
         "outbox_has_no_dead_letters", "mongo_reachable", "outbox_backlog_fresh"])
     ops = list(job.graph.nodes[0].definition.iterate_op_defs())  # type: ignore[attr-defined]
     assert len(ops) == 8 and {op.pool for op in ops} == {"reconciliation"}
+
+
+def test_dagster_definitions_validate_passes(tmp_path) -> None:
+    """The code location loads the way `dagster dev` and the daemon load it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MONGODB_URL")}
+    env["DAGSTER_HOME"] = str(tmp_path)
+    dagster = Path(sys.executable).with_name("dagster")
+    result = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "recon_pipeline.definitions"],
+        capture_output=True, text=True, env=env, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "All code locations passed validation" in result.stderr + result.stdout

@@ -19,7 +19,7 @@ from recon_pipeline.engine.mapping import EntityMapping
 from recon_pipeline.engine.normalize import MISSING
 
 VERSION_FIELD = "_recon_version"
-IN_BATCH = 100  # secantusdb's `$in` cost grows with the square of the list
+IN_BATCH = 50  # secantusdb: 100k docs, $in of 25/50/100 ids read 10.6k/9.8k/6.3k docs/s
 
 Document = dict[str, Any]
 

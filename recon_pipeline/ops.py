@@ -43,7 +43,7 @@ from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.metadata import report_metadata
 from recon_pipeline.resources import MappingResource, MongoResource, PostgresResource, RunLock
 from recon_pipeline.run_options import RunOptions, run_window
-from recon_pipeline.stores.backlog import oldest_due_age
+from recon_pipeline.stores.outbox import oldest_due_age
 
 POOL = "reconciliation"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,11 +44,25 @@ class FailedDelivery:
     next_attempt_at: datetime
 
 
+def _due(now: datetime) -> sa.ColumnElement[bool]:
+    """The one definition of a message due for delivery: what a claim takes and what the
+    backlog check measures."""
+    return sa.and_(_DUE, outbox_messages.c.next_attempt_at <= now)
+
+
+def oldest_due_age(engine: sa.Engine, now: datetime) -> timedelta | None:
+    """Age of the oldest message whose delivery is due; None when none is."""
+    with engine.connect() as conn:
+        oldest = conn.execute(sa.select(sa.func.min(outbox_messages.c.created_at))
+                              .where(_due(now))).scalar()
+    return None if oldest is None else now - oldest
+
+
 def _claim_query(now: datetime, limit: int) -> sa.Select[Any]:
     m = outbox_messages.c
     return (sa.select(m.id, m.aggregate_type, m.aggregate_id, m.operation, m.payload,
                       m.attempts, m.created_at)
-            .where(_DUE, m.next_attempt_at <= now)
+            .where(_due(now))
             .order_by(m.id)
             .limit(limit)
             .with_for_update(skip_locked=True))

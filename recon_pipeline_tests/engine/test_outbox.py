@@ -10,7 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -32,6 +32,7 @@ from recon_pipeline.stores.mongo import create_client
 from recon_pipeline.stores.outbox import OutboxMessage
 from recon_pipeline.stores.postgres import create_engine
 from recon_pipeline.stores.target import VERSION_FIELD
+from recon_pipeline_tests import faults
 from recon_pipeline_tests.conftest import ServerUrls
 
 Db = Database[dict[str, Any]]
@@ -142,25 +143,15 @@ def counts(result: OutboxResult) -> tuple[int, int, int, int, int]:
     return result.attempted, result.sent, result.failed, result.dead, result.stale
 
 
-@contextmanager
-def fail_point(servers: ServerUrls, mode: Any, **data: Any) -> Iterator[None]:
-    """`failCommand` for the client named APP only; switched off whatever happens."""
-    admin = create_client(servers.mongodb_url).admin
-    admin.command("configureFailPoint", "failCommand", mode=mode,
-                  data={"appName": APP, **data})
-    try:
-        yield
-    finally:
-        admin.command("configureFailPoint", "failCommand", mode="off")
-        admin.client.close()
+def fail_point(servers: ServerUrls, mode: Any, **data: Any) -> AbstractContextManager[None]:
+    return faults.fail_point(servers.mongodb_url, APP, mode, **data)
 
 
 @pytest.fixture
 def app_db(servers: ServerUrls, mongo_db: Db) -> Iterator[Db]:
     """The test database, reached through a client that fail points aim at."""
-    client = create_client(servers.mongodb_url, appName=APP)
-    yield client[mongo_db.name]
-    client.close()
+    with faults.database_as(servers.mongodb_url, APP, mongo_db.name) as db:
+        yield db
 
 
 # --- status transitions ---------------------------------------------------------------------

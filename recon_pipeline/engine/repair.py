@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -149,49 +150,101 @@ def _verify(entity: EntityMapping, plan: _Plan, after: TargetSnapshot,
     return outcomes
 
 
-def repair_entity(engine: sa.Engine, db: Database[dict[str, Any]], entity: EntityMapping,
-                  rows: Sequence[MismatchRow], *, delete_orphans: bool,
-                  now: datetime) -> list[Outcome]:
-    keys, bad = [], []
+GROUP_SIZE = 500  # mismatches of one entity per bulk write
+
+
+@dataclass(slots=True)
+class _Group:
+    """One entity's slice of a repair batch, with its source rows re-read."""
+
+    entity: EntityMapping
+    rows: Sequence[MismatchRow]
+    keys: list[Any]
+    sources: dict[Any, dict[str, Any]]
+    bad: list[Outcome]
+
+
+def _read_group(engine: sa.Engine, entity: EntityMapping,
+                rows: Sequence[MismatchRow]) -> _Group:
+    keys: list[Any] = []
+    bad: list[Outcome] = []
     for mismatch in rows:
         try:
             keys.append(typed_key(entity, mismatch.record_key))
         except ValueCoercionError as error:
             bad.append((mismatch.id, "failed", str(error)))
-    sources = fetch_rows(engine, entity, keys)
+    failed = {outcome[0] for outcome in bad}
+    return _Group(entity, [m for m in rows if m.id not in failed], keys,
+                  fetch_rows(engine, entity, keys), bad)
+
+
+def _repair_group(db: Database[dict[str, Any]], group: _Group,
+                  delete_orphans: bool) -> tuple[list[Outcome], list[Any]]:
+    """Re-read the targets, write, verify. Returns the outcomes and the keys of the source
+    rows now verified in MongoDB."""
+    entity, rows = group.entity, group.rows
     embedded = entity.target.embedded
     parents = None
     if embedded:
-        parents = [s[embedded.parent_key] for s in sources.values()]
+        parents = [s[embedded.parent_key] for s in group.sources.values()]
         parents += [_orphan_parent(entity, m) for m in rows
                     if m.kind == MismatchKind.ORPHAN_IN_MONGO]
-    before = fetch_targets(db, entity, keys, parents)
-    valid = [m for m in rows if m.id not in {b[0] for b in bad}]
-    plan = _plan_entity(entity, valid, sources, before, delete_orphans)
+    before = fetch_targets(db, entity, group.keys, parents)
+    plan = _plan_entity(entity, rows, group.sources, before, delete_orphans)
     failures = _write(db, entity, plan)
     after = fetch_targets(db, entity, [k for k, _, _ in plan.written.values()], parents)
-    outcomes = bad + plan.outcomes + _verify(entity, plan, after, failures)
+    outcomes = group.bad + plan.outcomes + _verify(entity, plan, after, failures)
     repaired = [plan.written[i][0] for i, status, _ in outcomes
                 if status == "repaired" and plan.written[i][1] is not None]
-    if repaired and entity.source.sync_tracking:
-        with engine.begin() as conn:
-            mark_sync(conn, entity, repaired, status="synced", at=now, error=None)
-    return outcomes
+    return outcomes, repaired
+
+
+def _record(engine: sa.Engine, entity: EntityMapping, outcomes: list[Outcome],
+            repaired: list[Any], now: datetime) -> None:
+    """The group's outcomes and, where tracked, the sync status of what it repaired, in
+    one transaction."""
+    with engine.begin() as conn:
+        reports.set_repair_outcomes(conn, outcomes)
+        mark_sync(conn, entity, repaired, status="synced", at=now, error=None)
+
+
+def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
+                   groups: Sequence[tuple[EntityMapping, Sequence[MismatchRow]]], *,
+                   delete_orphans: bool, now: datetime) -> None:
+    """Repair group after group. MongoDB sees the groups strictly one after another; the
+    PostgreSQL side runs on one helper thread, a group ahead (re-reading source rows)
+    and a group behind (recording outcomes), so neither waits for the other. An error
+    stops the batch once the groups before it are recorded."""
+    if not groups:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-repair") as postgres:
+        reading = postgres.submit(_read_group, engine, *groups[0])
+        recording: Future[None] | None = None
+        for index in range(len(groups)):
+            group = reading.result()
+            if index + 1 < len(groups):
+                reading = postgres.submit(_read_group, engine, *groups[index + 1])
+            outcomes, repaired = _repair_group(db, group, delete_orphans)
+            if recording is not None:
+                recording.result()
+            recording = postgres.submit(_record, engine, group.entity, outcomes, repaired,
+                                        now)
+        if recording is not None:
+            recording.result()
 
 
 def repair_batch(engine: sa.Engine, db: Database[dict[str, Any]], config: ReconConfig,
-                 report_id: int, id_range: tuple[int, int], now: datetime) -> int:
+                 report_id: int, id_range: tuple[int, int], now: datetime, *,
+                 group_size: int = GROUP_SIZE) -> int:
     """Repair the report's mismatches with ids in `id_range`; returns how many were looked
-    at. Outcomes are written to the mismatch rows."""
+    at. Outcomes are written to the mismatch rows, `group_size` at a time."""
     rows = [m for m in reports.mismatches_between(engine, report_id, *id_range)
             if m.repair_status == "reported"]
     by_entity: dict[str, list[MismatchRow]] = defaultdict(list)
     for row in rows:
         by_entity[row.entity].append(row)
-    for name, entity_rows in by_entity.items():
-        entity = config.entity(name)
-        for start in range(0, len(entity_rows), 500):
-            outcomes = repair_entity(engine, db, entity, entity_rows[start:start + 500],
-                                     delete_orphans=config.settings.delete_orphans, now=now)
-            reports.set_repair_outcomes(engine, outcomes)
+    groups = [(config.entity(name), entity_rows[start:start + group_size])
+              for name, entity_rows in by_entity.items()
+              for start in range(0, len(entity_rows), group_size)]
+    _repair_groups(engine, db, groups, delete_orphans=config.settings.delete_orphans, now=now)
     return len(rows)

@@ -109,7 +109,8 @@ def mismatches_between(engine: sa.Engine, report_id: int, first: int,
                     .order_by(m.id))]
 
 
-def set_repair_outcomes(engine: sa.Engine, outcomes: Sequence[tuple[int, str, str | None]]) -> None:
+def set_repair_outcomes(conn: sa.Connection,
+                        outcomes: Sequence[tuple[int, str, str | None]]) -> None:
     """(mismatch id, repair_status, repair_error) in one statement per batch."""
     if not outcomes:
         return
@@ -117,8 +118,7 @@ def set_repair_outcomes(engine: sa.Engine, outcomes: Sequence[tuple[int, str, st
     statement = (m.update().where(m.c.id == sa.bindparam("mid"))
                  .values(repair_status=sa.bindparam("status"),
                          repair_error=sa.bindparam("error")))
-    with engine.begin() as conn:
-        conn.execute(statement, [{"mid": i, "status": s, "error": e} for i, s, e in outcomes])
+    conn.execute(statement, [{"mid": i, "status": s, "error": e} for i, s, e in outcomes])
 
 
 def set_status_where(engine: sa.Engine, report_id: int, status: str, *,

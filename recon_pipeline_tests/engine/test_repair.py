@@ -1,11 +1,18 @@
 """Repair rules: version guard, concurrent fixes, repair_limit, dry_run, delete_orphans."""
 
+import threading
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 
+from recon_pipeline.engine import repair
 from recon_pipeline.engine.extract import plan_chunks
 from recon_pipeline.engine.mapping import ReconConfig
 from recon_pipeline.engine.reconcile import (
@@ -17,6 +24,7 @@ from recon_pipeline.engine.reconcile import (
 from recon_pipeline.engine.repair import repair_batch
 from recon_pipeline.stores import schema
 from recon_pipeline.stores.target import VERSION_FIELD
+from recon_pipeline_tests import faults
 from recon_pipeline_tests.builders import (
     T0,
     email_row,
@@ -26,10 +34,33 @@ from recon_pipeline_tests.builders import (
     run,
     window,
 )
+from recon_pipeline_tests.conftest import ServerUrls
 
 
 def _with(config: ReconConfig, **settings) -> ReconConfig:
     return replace(config, settings=replace(config.settings, **settings))
+
+
+def _detected(pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig) -> int:
+    """A report with the incoming_emails mismatches found, not yet repaired."""
+    request = RunRequest("r1", window(), entities=("incoming_emails",))
+    report_id = begin_run(pg_engine, request, T0)
+    for chunk in plan_chunks(pg_engine, config, request.window, ["incoming_emails"]):
+        safe_diff_chunk(pg_engine, mongo_db, config, report_id, request.window, chunk, T0)
+    return report_id
+
+
+def _repair(pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig, report_id: int,
+            **options: Any) -> None:
+    for batch in decide_repairs(pg_engine, config, report_id, dry_run=False).batches:
+        repair_batch(pg_engine, mongo_db, config, report_id, batch, T0, **options)
+
+
+def _sync_statuses(pg_engine: sa.Engine) -> list[tuple[int, str, datetime | None]]:
+    t = schema.incoming_emails.c
+    with pg_engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(t.id, t.mongo_sync_status, t.mongo_synced_at).order_by(t.id))]
 
 
 def test_version_guard_refuses_to_overwrite_newer_target(
@@ -54,15 +85,10 @@ def test_mismatch_fixed_before_repair_is_resolved(
     row = email_row(1, "C1")
     insert(pg_engine, schema.incoming_emails, row)
     mirror(mongo_db, config, "incoming_emails", {**row, "subject": "stale"})
-    request = RunRequest("r1", window(), entities=("incoming_emails",))
-    report_id = begin_run(pg_engine, request, T0)
-    for chunk in plan_chunks(pg_engine, config, request.window, ["incoming_emails"]):
-        safe_diff_chunk(pg_engine, mongo_db, config, report_id, request.window, chunk, T0)
+    report_id = _detected(pg_engine, mongo_db, config)
     mirror(mongo_db, config, "incoming_emails", row)  # the outbox got there first
     before = mongo_db.incoming_emails.find_one({"_id": 1})
-    decision = decide_repairs(pg_engine, config, report_id, dry_run=False)
-    for batch in decision.batches:
-        repair_batch(pg_engine, mongo_db, config, report_id, batch, T0)
+    _repair(pg_engine, mongo_db, config, report_id)
     assert mismatch_rows(pg_engine, report_id) == [
         ("incoming_emails", "1", "field_mismatch", "resolved")]
     assert mongo_db.incoming_emails.find_one({"_id": 1}) == before  # nothing written
@@ -130,16 +156,81 @@ def test_orphan_deletion_respects_a_concurrent_write(
 ) -> None:
     mirror(mongo_db, config, "incoming_emails", email_row(7, "C1"))
     deleting = _with(config, delete_orphans=True)
-    request = RunRequest("r1", window(), entities=("incoming_emails",))
-    report_id = begin_run(pg_engine, request, T0)
-    for chunk in plan_chunks(pg_engine, deleting, request.window, ["incoming_emails"]):
-        safe_diff_chunk(pg_engine, mongo_db, deleting, report_id, request.window, chunk, T0)
+    report_id = _detected(pg_engine, mongo_db, deleting)
     # the row is created at the source and delivered before the repair runs
     row = email_row(7, "C1", at=T0 + timedelta(minutes=1))
     insert(pg_engine, schema.incoming_emails, row)
     mirror(mongo_db, config, "incoming_emails", row)
-    for batch in decide_repairs(pg_engine, deleting, report_id, dry_run=False).batches:
-        repair_batch(pg_engine, mongo_db, deleting, report_id, batch, T0)
+    _repair(pg_engine, mongo_db, deleting, report_id)
     assert mismatch_rows(pg_engine, report_id) == [
         ("incoming_emails", "7", "orphan_in_mongo", "resolved")]
     assert mongo_db.incoming_emails.find_one({"_id": 7})[VERSION_FIELD] is not None
+
+
+# --- batches: groups written one after another, PostgreSQL work beside them ----------------
+
+
+def _five_stale_emails(pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig) -> int:
+    rows = [email_row(i, "C1") for i in range(1, 6)]
+    insert(pg_engine, schema.incoming_emails, *rows)
+    mirror(mongo_db, config, "incoming_emails", *({**r, "subject": "stale"} for r in rows))
+    return _detected(pg_engine, mongo_db, config)
+
+
+def _subjects(mongo_db: Database) -> list[str]:
+    return [d["subject"] for d in mongo_db.incoming_emails.find({}, sort=[("_id", 1)])]
+
+
+def test_a_batch_is_repaired_group_by_group_with_outcomes_and_sync_recorded(
+    pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig
+) -> None:
+    report_id = _five_stale_emails(pg_engine, mongo_db, config)
+    _repair(pg_engine, mongo_db, config, report_id, group_size=2)  # groups of 2, 2, 1
+    assert mismatch_rows(pg_engine, report_id) == [
+        ("incoming_emails", str(i), "field_mismatch", "repaired") for i in range(1, 6)]
+    assert _sync_statuses(pg_engine) == [(i, "synced", T0) for i in range(1, 6)]
+    assert _subjects(mongo_db) == [f"Statement {i}" for i in range(1, 6)]
+
+
+def test_postgres_work_runs_beside_the_mongodb_writes(
+    pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report_id = _five_stale_emails(pg_engine, mongo_db, config)
+    threads: dict[str, set[str]] = defaultdict(set)
+
+    def on_thread(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            threads[name].add(threading.current_thread().name)
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(repair, "fetch_rows", on_thread("source reads", repair.fetch_rows))
+    monkeypatch.setattr(repair, "mark_sync", on_thread("sync marks", repair.mark_sync))
+    monkeypatch.setattr(repair, "_write", on_thread("mongodb writes", repair._write))
+    _repair(pg_engine, mongo_db, config, report_id, group_size=2)
+    caller = threading.current_thread().name
+    assert threads["mongodb writes"] == {caller}
+    for postgres_work in ("source reads", "sync marks"):
+        assert len(threads[postgres_work]) == 1
+        assert threads[postgres_work] != {caller}
+        assert next(iter(threads[postgres_work])).startswith("recon-repair")
+
+
+def test_a_failure_mid_batch_keeps_what_the_groups_before_it_repaired(
+    pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig, servers: ServerUrls
+) -> None:
+    report_id = _five_stale_emails(pg_engine, mongo_db, config)
+    app = "recon-repair-under-test"
+    with faults.database_as(servers.mongodb_url, app, mongo_db.name) as db, \
+            faults.fail_point(servers.mongodb_url, app, {"skip": 1},
+                              failCommands=["update"], errorCode=2):
+        with pytest.raises(OperationFailure, match="failCommand"):
+            _repair(pg_engine, db, config, report_id, group_size=2)
+    assert mismatch_rows(pg_engine, report_id) == [
+        ("incoming_emails", "1", "field_mismatch", "repaired"),
+        ("incoming_emails", "2", "field_mismatch", "repaired"),
+        *(("incoming_emails", str(i), "field_mismatch", "reported") for i in range(3, 6))]
+    assert _sync_statuses(pg_engine) == [
+        (1, "synced", T0), (2, "synced", T0), *((i, "pending", None) for i in range(3, 6))]
+    assert _subjects(mongo_db) == ["Statement 1", "Statement 2", "stale", "stale", "stale"]

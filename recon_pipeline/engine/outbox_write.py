@@ -29,6 +29,7 @@ from recon_pipeline.engine.projection import (
     presence_in,
     upsert_ops,
 )
+from recon_pipeline.stores.mongo import write_concern_failure
 from recon_pipeline.stores.outbox import OutboxMessage
 from recon_pipeline.stores.target import TargetRecord, TargetSnapshot, fetch_targets
 
@@ -208,10 +209,10 @@ def _bulk_write(db: Database[dict[str, Any]], entity: EntityMapping,
         details = error.details
         errors = {e["index"]: WriteError(e.get("code"), _write_error(e))
                   for e in details.get("writeErrors", [])}
-        concern = details.get("writeConcernErrors") or []
-        if concern:  # applied, perhaps, but not as durably as asked: try again
-            text = f"MongoDB write concern error: {concern[0].get('errmsg', concern[0])}"
-            errors.update({i: WriteError(None, text) for i in range(len(ops)) if i not in errors})
+        concern = write_concern_failure(details)
+        if concern:  # try again
+            errors.update({i: WriteError(None, concern) for i in range(len(ops))
+                           if i not in errors})
         return errors, int(details.get("nMatched", 0)) + int(details.get("nUpserted", 0))
     except InvalidDocument as error:  # refused by the client before sending: nothing done
         text = f"MongoDB write not sent: {error}"

@@ -31,6 +31,7 @@ from recon_pipeline.engine.projection import (
 )
 from recon_pipeline.masking import mask_text
 from recon_pipeline.stores import reports
+from recon_pipeline.stores.mongo import write_concern_failure
 from recon_pipeline.stores.reports import MismatchRow
 from recon_pipeline.stores.source import fetch_rows, mark_sync
 from recon_pipeline.stores.target import TargetRecord, TargetSnapshot, fetch_targets
@@ -110,7 +111,8 @@ def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
 
 def _write(db: Database[dict[str, Any]], entity: EntityMapping, plan: _Plan) -> dict[int, str]:
     """Bulk-write the plan; returns mismatch id -> write error (duplicate keys are the
-    version guard refusing an upsert: verification reports those)."""
+    version guard refusing an upsert: verification reports those). A write concern
+    error fails every write of the plan: a fix not durable as asked is not verified."""
     if not plan.ops:
         return {}
     try:
@@ -121,6 +123,10 @@ def _write(db: Database[dict[str, Any]], entity: EntityMapping, plan: _Plan) -> 
             if write_error.get("code") != 11000:
                 failures[plan.op_owner[write_error["index"]]] = mask_text(
                     str(write_error.get("errmsg", "write failed")))
+        concern = write_concern_failure(error.details)
+        if concern:
+            for owner in plan.op_owner:
+                failures.setdefault(owner, mask_text(concern))
         return failures
     return {}
 

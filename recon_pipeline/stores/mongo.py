@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pymongo import MongoClient
@@ -39,3 +40,12 @@ def connect_database(url: str, database: str, **options: Any) -> Database[Docume
         client.close()
         raise mongo_unavailable(url, error) from None
     return client[database]
+
+
+def write_concern_failure(details: Mapping[str, Any]) -> str | None:
+    """A bulk write's write concern error, as text, if it has one: its writes were
+    applied, perhaps, but not as durably as asked, so none of them counts as done."""
+    concern = details.get("writeConcernErrors") or []
+    if not concern:
+        return None
+    return f"MongoDB write concern error: {concern[0].get('errmsg', concern[0])}"

@@ -452,6 +452,33 @@ def test_write_failure_backs_off_then_delivers(servers: ServerUrls, pg_engine: s
     assert sync_state(pg_engine, 1) == ("synced", T0 + timedelta(seconds=60), None)
 
 
+WRITE_CONCERN = {"code": 64, "errmsg": "waiting for replication timed out"}
+
+
+def test_write_concern_error_is_a_failed_attempt_even_though_applied(
+        servers: ServerUrls, pg_engine: sa.Engine, app_db: Db, mongo_db: Db,
+        config: ReconConfig) -> None:
+    row = email(1)
+    insert(pg_engine, schema.incoming_emails, row)
+    message_id = upsert_email(pg_engine, row)
+    with fail_point(servers, {"times": 1}, failCommands=["update"],
+                    writeConcernError=WRITE_CONCERN):
+        failed = deliver_outbox(pg_engine, app_db, config, now=at(T0))
+
+    error = "MongoDB write concern error: waiting for replication timed out"
+    assert counts(failed) == (1, 0, 1, 0, 0)
+    stored = message(pg_engine, message_id)
+    assert (stored["status"], stored["attempts"], stored["last_error"],
+            stored["next_attempt_at"]) == ("failed", 1, error, T0 + timedelta(seconds=60))
+    assert sync_state(pg_engine, 1) == ("failed", None, error)
+    assert documents(mongo_db, "incoming_emails") == [email_doc(row)]  # the server applied it
+
+    retried = deliver_outbox(pg_engine, app_db, config, now=at(T0 + timedelta(seconds=60)))
+
+    assert counts(retried) == (1, 1, 0, 0, 0)
+    assert sync_state(pg_engine, 1) == ("synced", T0 + timedelta(seconds=60), None)
+
+
 def test_backoff_doubles_to_the_cap_then_dead_letters(servers: ServerUrls, pg_engine: sa.Engine,
                                                       app_db: Db, mongo_db: Db,
                                                       config: ReconConfig) -> None:

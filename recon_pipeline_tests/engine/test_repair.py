@@ -234,3 +234,26 @@ def test_a_failure_mid_batch_keeps_what_the_groups_before_it_repaired(
     assert _sync_statuses(pg_engine) == [
         (1, "synced", T0), (2, "synced", T0), *((i, "pending", None) for i in range(3, 6))]
     assert _subjects(mongo_db) == ["Statement 1", "Statement 2", "stale", "stale", "stale"]
+
+
+def test_a_write_concern_error_leaves_the_fix_unverified(
+    pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig, servers: ServerUrls
+) -> None:
+    report_id = _five_stale_emails(pg_engine, mongo_db, config)
+    app = "recon-repair-under-test"
+    concern = {"code": 64, "errmsg": "waiting for replication timed out"}
+    with faults.database_as(servers.mongodb_url, app, mongo_db.name) as db, \
+            faults.fail_point(servers.mongodb_url, app, {"times": 1},
+                              failCommands=["update"], writeConcernError=concern):
+        _repair(pg_engine, db, config, report_id, group_size=2)
+    error = "MongoDB write concern error: waiting for replication timed out"
+    m = schema.reconciliation_mismatches.c
+    with pg_engine.connect() as conn:
+        outcomes = conn.execute(sa.select(m.record_key, m.repair_status, m.repair_error)
+                                .order_by(m.record_key)).all()
+    assert [tuple(o) for o in outcomes] == [
+        ("1", "failed", error), ("2", "failed", error),
+        *((str(i), "repaired", None) for i in range(3, 6))]
+    assert _sync_statuses(pg_engine) == [
+        (1, "pending", None), (2, "pending", None), *((i, "synced", T0) for i in range(3, 6))]
+    assert _subjects(mongo_db) == [f"Statement {i}" for i in range(1, 6)]  # applied all the same

@@ -6,6 +6,8 @@
 (d) bulk repair / raw bulk_write of the same documents, and / one update_one per document
 
 The demo domain's `incoming_emails` entity (a document entity), full scan, one chunk.
+Beside the ratios, the access paths: a sparse and a dense window read both ways (`$in`
+lookups, one sorted cursor per side), with the path the planner picks for each.
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
 from pymongo import MongoClient
+from pymongo.database import Database
 
 from benchmarks.servers import BenchServers, bench_servers
 from recon_pipeline.engine.diff import judge
-from recon_pipeline.engine.extract import plan_chunks
+from recon_pipeline.engine.extract import AccessPath, diff_chunk, plan_chunks
 from recon_pipeline.engine.mapping import ReconConfig, load_mapping
 from recon_pipeline.engine.projection import (
     Presence,
@@ -47,18 +51,22 @@ from recon_pipeline.environment import packaged_mapping_path
 from recon_pipeline.stores.mongo import create_client
 from recon_pipeline.stores.postgres import create_engine
 from recon_pipeline.stores.source import stream_rows
-from recon_pipeline.stores.target import VERSION_FIELD, fetch_targets, records_of
+from recon_pipeline.stores.target import (
+    VERSION_FIELD,
+    ensure_target_indexes,
+    fetch_targets,
+    records_of,
+)
 
 ENTITY = "incoming_emails"
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 ROW_BY_ROW_SAMPLE = 2000
 REPAIR_DOCS = 10_000
 PER_DOC_SAMPLE = 1000
+WINDOW_SHARES = (0.01, 0.3)  # a sparse and a dense window, as shares of a day
 
 
 def _config(engine: sa.Engine, rows: int) -> ReconConfig:
-    from dataclasses import replace
-
     config = load_mapping(packaged_mapping_path(), engine)
     return replace(config, settings=replace(config.settings, chunk_size=rows + 1,
                                             repair_limit=rows + 1))
@@ -108,6 +116,37 @@ def reconcile_rate(engine: sa.Engine, mongo_url: str, db_name: str,
     report = run_reconciliation(engine, mongo_url, db_name, config,
                                 RunRequest("bench", window()), clock=lambda: NOW)
     return report.counts["records_checked"] / (time.perf_counter() - started), report.counts
+
+
+def access_path_rates(engine: sa.Engine, db: Database[dict[str, Any]],
+                      config: ReconConfig) -> list[dict[str, Any]]:
+    """For windows of the last 1 % and 30 % of a day (the seed spreads `updated_at` over one):
+    rows in the window, the planner's path, rows/s each way.
+    With the `updated_at` index `db init` creates (the lookup path's orphan query uses it),
+    dropped afterwards so the other figures are measured as before."""
+    collection = db[config.entity(ENTITY).target.collection]
+    [index] = ensure_target_indexes(db, [config.entity(ENTITY)])
+    report_id = begin_run(engine, RunRequest("bench-access", window()), NOW)
+    newest = NOW - timedelta(hours=1)  # the seed's updated_at: one row per second before it
+    results = []
+    try:
+        for share in WINDOW_SHARES:
+            span = RunWindow(newest - timedelta(seconds=86_400 * share),
+                             newest + timedelta(seconds=1))
+            [chunk] = plan_chunks(engine, config, span, [ENTITY])
+            figures: dict[str, Any] = {"share": share, "picked": chunk.access.value}
+            for access in AccessPath:
+                started = time.perf_counter()
+                result = diff_chunk(engine, db, config, report_id, span,
+                                    replace(chunk, access=access), NOW)
+                figures[access.value] = result.records_checked / (time.perf_counter() - started)
+                assert (result.missing_in_mongo, result.field_mismatches,
+                        result.orphans_in_mongo) == (0, 0, 0), result
+                figures["rows"] = result.records_checked
+            results.append(figures)
+    finally:
+        collection.drop_index(index.split(".", 1)[1])
+    return results
 
 
 def row_by_row_rate(engine: sa.Engine, client: MongoClient[Any], db_name: str,
@@ -190,7 +229,7 @@ def _rss_probe(pg_url: str, mongo_url: str, db_name: str, rows: int) -> None:
     print(json.dumps({"peak_rss_mb": peak}))
 
 
-def measure(servers: BenchServers, rows: int) -> dict[str, float]:
+def measure(servers: BenchServers, rows: int) -> dict[str, Any]:
     with servers.fresh_database() as (engine, pg_url, db_name):
         client = create_client(servers.mongodb_url)
         seed(engine, client, db_name, rows)
@@ -198,10 +237,11 @@ def measure(servers: BenchServers, rows: int) -> dict[str, float]:
         raw = raw_read_rate(engine, client, db_name, config)
         rate, counts = reconcile_rate(engine, servers.mongodb_url, db_name, config)
         assert counts["records_checked"] == rows and counts["mismatches_found"] == 0, counts
+        access = access_path_rates(engine, client[db_name], config)
         rss = peak_rss_mb(servers, pg_url, db_name, rows)
         row_rate = row_by_row_rate(engine, client, db_name, config, rows)
         figures = {"rows": rows, "raw_read_rate": raw, "reconcile_rate": rate,
-                   "row_by_row_rate": row_rate, "peak_rss_mb": rss}
+                   "row_by_row_rate": row_rate, "peak_rss_mb": rss, "access": access}
         if rows >= REPAIR_DOCS:
             repair, raw_bulk, reread, per_doc = repair_rates(engine, client, db_name, config)
             figures |= {"repair_rate": repair, "raw_bulk_rate": raw_bulk,
@@ -210,7 +250,7 @@ def measure(servers: BenchServers, rows: int) -> dict[str, float]:
         return figures
 
 
-def report_lines(results: list[dict[str, float]]) -> list[str]:
+def report_lines(results: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in results:
         n = int(r["rows"])
@@ -219,6 +259,11 @@ def report_lines(results: list[dict[str, float]]) -> list[str]:
                      f" rows/s, peak RSS {r['peak_rss_mb']:.0f} MB")
         lines.append(f"(a) [{n} rows] reconcile / raw read both sides: "
                      f"{r['reconcile_rate'] / r['raw_read_rate']:.2f}x (target >= 0.8)")
+        for a in r["access"]:
+            lines.append(f"access [{n} rows] window of {a['rows']} rows "
+                         f"({a['rows'] / n:.0%} of the table): "
+                         f"$in lookups {a['lookup']:.0f} rows/s, sorted scan {a['scan']:.0f} "
+                         f"rows/s; the planner picks {a['picked']}")
         lines.append(f"(c) [{n} rows] speed-up over row by row: "
                      f"{r['reconcile_rate'] / r['row_by_row_rate']:.1f}x (target >= 10)")
         if "repair_rate" in r:

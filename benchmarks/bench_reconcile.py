@@ -21,6 +21,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -225,8 +226,20 @@ def peak_rss_mb(servers: BenchServers, pg_url: str, db_name: str, rows: int) -> 
 def _rss_probe(pg_url: str, mongo_url: str, db_name: str, rows: int) -> None:
     engine = create_engine(pg_url)
     reconcile_rate(engine, mongo_url, db_name, _config(engine, rows))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": peak}))
+    print(json.dumps({"peak_rss_mb": own_peak_rss_mb()}))
+
+
+def own_peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux carries `ru_maxrss` across exec: a child
+    spawned by a process that once held more memory reports the parent's peak. The
+    high-water mark in /proc/self/status belongs to the process's own address space."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kilobytes = next(line.split()[1] for line in status.splitlines()
+                     if line.startswith("VmHWM:"))
+    return int(kilobytes) / 1024
 
 
 def measure(servers: BenchServers, rows: int) -> dict[str, Any]:

@@ -11,6 +11,9 @@ from pymongo.database import Database
 
 from recon_pipeline.stores.mongo import create_client
 
+# A write concern failure as mongod reports a replication timeout: the write is applied.
+WRITE_CONCERN = {"code": 64, "errmsg": "waiting for replication timed out"}
+
 
 @contextmanager
 def fail_point(mongodb_url: str, app: str, mode: Any, **data: Any) -> Iterator[None]:

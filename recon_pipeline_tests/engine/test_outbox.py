@@ -452,9 +452,6 @@ def test_write_failure_backs_off_then_delivers(servers: ServerUrls, pg_engine: s
     assert sync_state(pg_engine, 1) == ("synced", T0 + timedelta(seconds=60), None)
 
 
-WRITE_CONCERN = {"code": 64, "errmsg": "waiting for replication timed out"}
-
-
 def test_write_concern_error_is_a_failed_attempt_even_though_applied(
         servers: ServerUrls, pg_engine: sa.Engine, app_db: Db, mongo_db: Db,
         config: ReconConfig) -> None:
@@ -462,7 +459,7 @@ def test_write_concern_error_is_a_failed_attempt_even_though_applied(
     insert(pg_engine, schema.incoming_emails, row)
     message_id = upsert_email(pg_engine, row)
     with fail_point(servers, {"times": 1}, failCommands=["update"],
-                    writeConcernError=WRITE_CONCERN):
+                    writeConcernError=faults.WRITE_CONCERN):
         failed = deliver_outbox(pg_engine, app_db, config, now=at(T0))
 
     error = "MongoDB write concern error: waiting for replication timed out"

@@ -2,7 +2,8 @@
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -181,6 +182,16 @@ def _subjects(mongo_db: Database) -> list[str]:
     return [d["subject"] for d in mongo_db.incoming_emails.find({}, sort=[("_id", 1)])]
 
 
+@contextmanager
+def _faulty(servers: ServerUrls, mongo_db: Database, mode: Any,
+            **data: Any) -> Iterator[Database]:
+    """`mongo_db` through a client that a `failCommand` fail point aims at."""
+    app = "recon-repair-under-test"
+    with faults.database_as(servers.mongodb_url, app, mongo_db.name) as db, \
+            faults.fail_point(servers.mongodb_url, app, mode, **data):
+        yield db
+
+
 def test_a_batch_is_repaired_group_by_group_with_outcomes_and_sync_recorded(
     pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig
 ) -> None:
@@ -221,10 +232,7 @@ def test_a_failure_mid_batch_keeps_what_the_groups_before_it_repaired(
     pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig, servers: ServerUrls
 ) -> None:
     report_id = _five_stale_emails(pg_engine, mongo_db, config)
-    app = "recon-repair-under-test"
-    with faults.database_as(servers.mongodb_url, app, mongo_db.name) as db, \
-            faults.fail_point(servers.mongodb_url, app, {"skip": 1},
-                              failCommands=["update"], errorCode=2):
+    with _faulty(servers, mongo_db, {"skip": 1}, failCommands=["update"], errorCode=2) as db:
         with pytest.raises(OperationFailure, match="failCommand"):
             _repair(pg_engine, db, config, report_id, group_size=2)
     assert mismatch_rows(pg_engine, report_id) == [
@@ -240,11 +248,8 @@ def test_a_write_concern_error_leaves_the_fix_unverified(
     pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig, servers: ServerUrls
 ) -> None:
     report_id = _five_stale_emails(pg_engine, mongo_db, config)
-    app = "recon-repair-under-test"
-    concern = {"code": 64, "errmsg": "waiting for replication timed out"}
-    with faults.database_as(servers.mongodb_url, app, mongo_db.name) as db, \
-            faults.fail_point(servers.mongodb_url, app, {"times": 1},
-                              failCommands=["update"], writeConcernError=concern):
+    with _faulty(servers, mongo_db, {"times": 1}, failCommands=["update"],
+                 writeConcernError=faults.WRITE_CONCERN) as db:
         _repair(pg_engine, db, config, report_id, group_size=2)
     error = "MongoDB write concern error: waiting for replication timed out"
     m = schema.reconciliation_mismatches.c

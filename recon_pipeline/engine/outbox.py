@@ -94,9 +94,11 @@ class _Batch:
 
 def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config: ReconConfig,
                    *, now: Callable[[], datetime] | None = None,
-                   max_batches: int | None = None) -> OutboxResult:
+                   max_batches: int | None = None,
+                   on_batch: Callable[[OutboxResult], None] | None = None) -> OutboxResult:
     """Deliver due messages batch after batch until none is due (or `max_batches`), or
-    until MongoDB turns out to be unreachable.
+    until MongoDB turns out to be unreachable. `on_batch` gets the running total after
+    each batch is recorded, so a run that dies later still knows what was delivered.
 
     MongoDB is the bottleneck, so it is kept busy: while one batch is written, the next is
     claimed and planned, and the one before is recorded. Writes never overlap, so batches
@@ -133,10 +135,11 @@ def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config
                                  secrets)
                 current.close(commit=True)
                 open_batches.remove(current)
+                total += replace(result, mongo_unreachable=unreachable)
+                if on_batch is not None:
+                    on_batch(total)
                 if unreachable:
-                    total += replace(result, mongo_unreachable=True)
                     break
-                total += result
                 current = following
     finally:
         for batch in open_batches:  # claimed, never recorded: leave its messages due

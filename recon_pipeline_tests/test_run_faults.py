@@ -21,6 +21,7 @@ from recon_pipeline.embedded import free_port
 from recon_pipeline.engine.mapping import ReconConfig
 from recon_pipeline.environment import packaged_mapping_path
 from recon_pipeline.stores import schema
+from recon_pipeline.stores.mongo import create_client
 from recon_pipeline_tests import faults
 from recon_pipeline_tests.conftest import ServerUrls, mongo_url_of
 from recon_pipeline_tests.dagster_support import (
@@ -227,6 +228,43 @@ def test_a_lost_connection_during_repair_makes_the_run_partial(
     assert live_keys(pg_engine) == 2
     assert set(checks(result)) == CHECKS
     assert mongo_state(mongo_db) == before
+
+
+def finds(servers: ServerUrls) -> int:
+    """`find` commands the server has answered so far."""
+    client = create_client(servers.mongodb_url)
+    try:
+        return int(client.admin.command("serverStatus")["opcounters"]["query"])
+    finally:
+        client.close()
+
+
+def test_a_find_failing_during_repairs_re_read_stops_repair(
+    servers: ServerUrls, pg_url: str, pg_engine: sa.Engine, mongo_db: Db, config: ReconConfig
+) -> None:
+    # Repair's first read comes after the outbox's and the extraction's: a dry run of the
+    # same data counts those, and the fail point lets exactly that many through.
+    seed(pg_engine, mongo_db, config)
+    counted = finds(servers)
+    assert execute(pg_url, mongo_db, dry_run=True, **WINDOW).success
+    before_repair = finds(servers) - counted
+    seeded = seed(pg_engine, mongo_db, config)  # the same data again
+    before = mongo_state(mongo_db)
+    with failing(servers, {"skip": before_repair}, failCommands=["find"], errorCode=2):
+        result = execute(pg_url, mongo_db, **WINDOW)
+
+    assert result.success
+    row = latest_report(pg_engine)
+    expected = unrepairable_counts(seeded)
+    assert {name: row[name] for name in expected} == expected
+    assert (row["status"], row["mongo_available"]) == ("needs_attention", True)
+    assert row["details"]["repair_stopped"] == {"error": REPAIR_ERROR,
+                                               "connection_lost": False}
+    assert_repair_stopped_by(mismatches(pg_engine, row["id"]), REPAIR_ERROR)
+    assert [m["status"] for m in outbox(pg_engine)] == ["sent"] * 3 + ["dead"] * 3
+    assert live_keys(pg_engine) == 2
+    assert set(checks(result)) == CHECKS
+    assert mongo_state(mongo_db) == before  # the outbox's rows agreed already
 
 
 # --- a run that fails keeps the figures of what it completed ------------------------------

@@ -232,8 +232,11 @@ def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: b
     try:
         before = fetch_targets(db, entity, group.keys, parents)
     except PyMongoError as error:
+        # Orphans that are only reported were never going to be written: they stay so.
         stop = _stop(error)
-        return group.bad + [(m.id, "failed", stop.error) for m in rows], [], stop
+        return group.bad + [
+            (m.id, "reported", None) if m.kind == MismatchKind.ORPHAN_IN_MONGO
+            and not delete_orphans else (m.id, "failed", stop.error) for m in rows], [], stop
     plan = _plan_entity(entity, rows, group.sources, before, delete_orphans)
     try:
         failures = _write(db, entity, plan)

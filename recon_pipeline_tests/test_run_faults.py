@@ -158,6 +158,9 @@ def test_every_update_failing_during_repair_completes_the_run(
     assert (row["status"], row["mongo_available"]) == ("needs_attention", True)
     assert row["details"]["repair_stopped"] == {"error": REPAIR_ERROR,
                                                "connection_lost": False}
+    [event] = result.get_asset_materialization_events()
+    summary = event.materialization.metadata["summary"].value
+    assert f"Repair stopped by a MongoDB error: {REPAIR_ERROR}." in str(summary)
     assert_repair_stopped_by(mismatches(pg_engine, row["id"]), REPAIR_ERROR)
     assert [(m["status"], m["attempts"], m["last_error"]) for m in outbox(pg_engine)][:3] == \
         [("failed", 2, OUTBOX_ERROR)] * 3

@@ -33,6 +33,7 @@ from recon_pipeline.stores.outbox import OutboxMessage
 from recon_pipeline.stores.postgres import create_engine
 from recon_pipeline.stores.target import VERSION_FIELD
 from recon_pipeline_tests import faults
+from recon_pipeline_tests.builders import client_row
 from recon_pipeline_tests.conftest import ServerUrls
 
 Db = Database[dict[str, Any]]
@@ -585,6 +586,29 @@ def test_mongodb_down_charges_nothing_and_touches_nothing_else(
 
     assert counts(recovered) == (4, 3, 0, 1, 0)
     assert documents(mongo_db, "incoming_emails") == [email_doc(row) for row in rows]
+
+
+def test_an_outage_mid_batch_keeps_what_was_delivered_before_it(
+        servers: ServerUrls, pg_engine: sa.Engine, app_db: Db, mongo_db: Db,
+        config: ReconConfig) -> None:
+    """Entities are written one after another (clients, then incoming_emails): the
+    connection is lost on the second, after the first was delivered."""
+    client = client_row("C001", at=T0)
+    insert(pg_engine, schema.clients, client)
+    sent = add_message(pg_engine, "clients", "C001", "upsert", row_payload(client))
+    row = email(1)
+    insert(pg_engine, schema.incoming_emails, row)
+    hit = upsert_email(pg_engine, row, attempts=2)
+    with fail_point(servers, {"skip": 1}, failCommands=["update"], closeConnection=True):
+        result = deliver_outbox(pg_engine, app_db, config, now=at(T0))
+
+    assert (counts(result), result.mongo_unreachable) == ((2, 1, 1, 0, 0), True)
+    assert message(pg_engine, sent)["status"] == "sent"
+    stored = message(pg_engine, hit)
+    assert (stored["status"], stored["attempts"], stored["next_attempt_at"]) == (
+        "failed", 2, T0 + timedelta(seconds=240))
+    assert [d["_id"] for d in documents(mongo_db, "clients")] == ["C001"]
+    assert documents(mongo_db, "incoming_emails") == []
 
 
 # --- crashes and concurrent deliveries (real processes) ---------------------------------------

@@ -48,6 +48,10 @@ def summary_markdown(report: RunReport) -> str:
         f"Cleanup: {c['idempotency_keys_deleted']} idempotency keys, "
         f"{c['outbox_messages_deleted']} outbox messages deleted.",
     ]
+    stop = report.details.get("repair_stopped")
+    if stop:  # the operator's first question on a run whose repairs all failed
+        lines += ["", f"Repair stopped by a MongoDB error: {stop['error']}. The mismatches "
+                  "left are `failed`; the next run finds them again."]
     return "\n".join(lines)
 
 

@@ -38,7 +38,12 @@ from recon_pipeline.engine.reconcile import (
     utc_now,
 )
 from recon_pipeline.engine.repair import repair_batch
-from recon_pipeline.engine.report import finish_report
+from recon_pipeline.engine.report import (
+    finish_report,
+    record_chunk,
+    record_figures,
+    record_repairs,
+)
 from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.metadata import report_metadata
 from recon_pipeline.resources import MappingResource, MongoResource, PostgresResource, RunLock
@@ -124,9 +129,13 @@ def start_run(context: OpExecutionContext, postgres: PostgresResource, mongo: Mo
 @op(pool=POOL)
 def retry_outbox(context: OpExecutionContext, ticket: RunTicket, postgres: PostgresResource,
                  mongo: MongoResource, mapping: MappingResource) -> dict:
-    """Runs even when MongoDB is down: delivery stops at the first connection failure."""
+    """Runs even when MongoDB is down: delivery stops at the first connection failure. The
+    counts reach the report row batch by batch: a run that fails later keeps them."""
     with postgres.engine() as engine, mongo.unchecked_database() as db:
-        counts = saga.retry_outbox(engine, db, mapping.load(engine))
+        counts = saga.retry_outbox(
+            engine, db, mapping.load(engine),
+            progress=lambda so_far: record_figures(engine, ticket.report_id, so_far))
+        record_figures(engine, ticket.report_id, counts)
     context.log.info(f"outbox: {counts}")
     return counts
 
@@ -150,6 +159,7 @@ def diff_chunk_op(context: OpExecutionContext, task: ChunkTask, postgres: Postgr
     with postgres.engine() as engine, mongo.unchecked_database() as db:
         result = safe_diff_chunk(engine, db, mapping.load(engine), ticket.report_id,
                                  ticket.window, task.chunk, utc_now())
+        record_chunk(engine, ticket.report_id, result)
     context.log.info(f"chunk {task.chunk.name}: {result}")
     return result
 
@@ -166,6 +176,7 @@ def decide_repairs_op(context: OpExecutionContext, ticket: RunTicket,
     with postgres.engine() as engine:
         decision = decide_repairs(engine, mapping.load(engine), ticket.report_id,
                                   dry_run=ticket.dry_run)
+        record_repairs(engine, ticket.report_id)
     context.log.info(f"repair decision: {decision.action.value}, "
                      f"{len(decision.batches)} batches")
     yield Output(decision.action.value, "decision")
@@ -177,9 +188,13 @@ def decide_repairs_op(context: OpExecutionContext, ticket: RunTicket,
 @op(pool=POOL)
 def repair_batch_op(context: OpExecutionContext, task: RepairTask, postgres: PostgresResource,
                     mongo: MongoResource, mapping: MappingResource) -> int:
+    """A MongoDB error ends repair for the run without failing the step (SPEC 6,
+    Repair): cleanup and the report still run."""
     with postgres.engine() as engine, mongo.unchecked_database() as db:
-        return repair_batch(engine, db, mapping.load(engine), task.ticket.report_id,
-                            task.id_range, utc_now())
+        looked_at = repair_batch(engine, db, mapping.load(engine), task.ticket.report_id,
+                                 task.id_range, utc_now())
+        record_repairs(engine, task.ticket.report_id)
+    return looked_at
 
 
 @op(pool=POOL)
@@ -188,6 +203,7 @@ def clean_up_op(context: OpExecutionContext, ticket: RunTicket, repaired: list,
     """After repairs (`repaired` only orders it), like the in-process run."""
     with postgres.engine() as engine:
         counts = saga.clean_up(engine, mapping.load(engine), utc_now())
+        record_figures(engine, ticket.report_id, counts)
     context.log.info(f"cleanup: {counts}")
     return counts
 

@@ -5,13 +5,16 @@ A batch is claimed in one PostgreSQL transaction that stays open until every out
 recorded, so a crash anywhere leaves the batch due; the guarded writes make delivering it
 again harmless. Outcomes: `sent` (MongoDB holds the message's data, or newer data: then
 also counted stale), `failed` with backoff, or `dead` (malformed, or out of attempts).
+An unreachable MongoDB is an outage, not the message's fault: the message it hit is
+`failed` with backoff but charged no attempt, so an outage of any length dead-letters
+nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +31,7 @@ from recon_pipeline.engine.outbox_write import (
     prepare_entity,
 )
 from recon_pipeline.masking import mask_text
+from recon_pipeline.stores.mongo import mongo_error_text
 from recon_pipeline.stores.outbox import (
     FailedDelivery,
     OutboxMessage,
@@ -90,9 +94,11 @@ class _Batch:
 
 def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config: ReconConfig,
                    *, now: Callable[[], datetime] | None = None,
-                   max_batches: int | None = None) -> OutboxResult:
+                   max_batches: int | None = None,
+                   on_batch: Callable[[OutboxResult], None] | None = None) -> OutboxResult:
     """Deliver due messages batch after batch until none is due (or `max_batches`), or
-    until MongoDB turns out to be unreachable.
+    until MongoDB turns out to be unreachable. `on_batch` gets the running total after
+    each batch is recorded, so a run that dies later still knows what was delivered.
 
     MongoDB is the bottleneck, so it is kept busy: while one batch is written, the next is
     claimed and planned, and the one before is recorded. Writes never overlap, so batches
@@ -129,11 +135,11 @@ def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config
                                  secrets)
                 current.close(commit=True)
                 open_batches.remove(current)
+                total += replace(result, mongo_unreachable=unreachable)
+                if on_batch is not None:
+                    on_batch(total)
                 if unreachable:
-                    total += OutboxResult(result.attempted, 0, result.failed, result.dead, 0,
-                                          mongo_unreachable=True)
                     break
-                total += result
                 current = following
     finally:
         for batch in open_batches:  # claimed, never recorded: leave its messages due
@@ -175,15 +181,22 @@ def plan_batch(config: ReconConfig, messages: Sequence[OutboxMessage],
 
 def _write_batch(mongo_db: Database[dict[str, Any]], batch: _Batch) -> bool:
     """The MongoDB phase (on the writer thread); True when MongoDB was unreachable. A
-    connection failure ends it: the first message of the entity being written is charged,
-    and nothing else of the batch is recorded."""
+    connection failure or server selection timeout ends it: the verdicts of the entities
+    written before it stand, the first message of the entity being written is marked
+    unreachable (no attempt charged), and the rest of the batch, malformed messages
+    included, is left due untouched."""
+    outcomes = batch.outcomes
     for share in batch.shares:
+        sent, stale, failed = len(outcomes.sent), len(outcomes.stale), len(outcomes.failed)
         try:
-            deliver_entity(mongo_db, share, batch.outcomes)
+            deliver_entity(mongo_db, share, outcomes)
         except ConnectionFailure as error:
-            detail = str(error).split(", Timeout:")[0].split("\n")[0]
-            batch.outcomes = BatchOutcomes(
-                failed=[(share.first, f"MongoDB unreachable: {detail}")])
+            # This entity's verdicts so far are dropped: its writes are redone next time,
+            # harmlessly (guarded), rather than half recorded.
+            del outcomes.sent[sent:], outcomes.stale[stale:], outcomes.failed[failed:]
+            outcomes.invalid.clear()
+            outcomes.unreachable.append(
+                (share.first, f"MongoDB unreachable: {mongo_error_text(error)}"))
             return True
     return False
 
@@ -194,8 +207,9 @@ def _error_text(text: str, secrets: tuple[str, ...]) -> str:
 
 
 def _supersede(plans: list[PlannedDelivery], outcomes: BatchOutcomes) -> list[PlannedDelivery]:
-    """Of several messages for one record in a batch only the newest is written; the older
-    ones are stale already (an unordered bulk write would apply them in any order)."""
+    """Of several messages for one record in a batch only the newest is written (an
+    unordered bulk write would apply them in any order); the older ones wait for its
+    verdict (`_settle_superseded`)."""
     newest: dict[tuple[str, Any], PlannedDelivery] = {}
     for plan in plans:
         slot = (plan.entity.name, plan.key)
@@ -203,8 +217,28 @@ def _supersede(plans: list[PlannedDelivery], outcomes: BatchOutcomes) -> list[Pl
         if current is None or _rank(plan) > _rank(current):
             newest[slot] = plan
     winners = {id(p) for p in newest.values()}
-    outcomes.stale += [p for p in plans if id(p) not in winners]
+    outcomes.superseded += [(p, newest[(p.entity.name, p.key)]) for p in plans
+                            if id(p) not in winners]
     return [p for p in plans if id(p) in winners]
+
+
+def _settle_superseded(outcomes: BatchOutcomes) -> None:
+    """An older message for a record is `sent` (stale) only once the newest is in MongoDB
+    (or found older than what MongoDB holds); when the newest's write failed, the older
+    ones fail with it, so the record is not reported delivered while it is not; when the
+    newest was never tried (MongoDB unreachable), they are left due untouched."""
+    delivered = {id(p) for p in outcomes.sent + outcomes.stale}
+    failed = {id(p): error for p, error in outcomes.failed}
+    invalid = {id(message): error for message, error in outcomes.invalid}
+    for older, newest in outcomes.superseded:
+        reason = f"superseded by message {newest.message.id}, which was not delivered: "
+        if id(newest) in delivered:
+            outcomes.stale.append(older)
+        elif id(newest) in failed:
+            outcomes.failed.append((older, reason + failed[id(newest)]))
+        elif id(newest.message) in invalid:
+            outcomes.failed.append((older, reason + invalid[id(newest.message)]))
+    outcomes.superseded = []
 
 
 def _rank(plan: PlannedDelivery) -> tuple[datetime, int]:
@@ -214,8 +248,10 @@ def _rank(plan: PlannedDelivery) -> tuple[datetime, int]:
 def _record(conn: sa.Connection, settings: OutboxSettings, outcomes: BatchOutcomes,
             now: datetime, secrets: tuple[str, ...]) -> OutboxResult:
     """Write every outcome of the batch (last_error masked: errors may quote URLs)."""
+    _settle_superseded(outcomes)
     outcomes.failed = [(p, _error_text(e, secrets)) for p, e in outcomes.failed]
     outcomes.invalid = [(m, _error_text(e, secrets)) for m, e in outcomes.invalid]
+    outcomes.unreachable = [(p, _error_text(e, secrets)) for p, e in outcomes.unreachable]
     delivered = outcomes.sent + outcomes.stale
     mark_sent(conn, [p.message.id for p in delivered], now)
     failures: list[FailedDelivery] = []
@@ -224,15 +260,19 @@ def _record(conn: sa.Connection, settings: OutboxSettings, outcomes: BatchOutcom
         status = "dead" if attempts >= settings.max_attempts else "failed"
         due = now + timedelta(seconds=backoff_seconds(attempts, settings))
         failures.append(FailedDelivery(plan.message.id, status, attempts, error, due))
+    for plan, error in outcomes.unreachable:
+        # No attempt charged; the backoff a failure would get now still spaces the retries.
+        attempts = plan.message.attempts
+        due = now + timedelta(seconds=backoff_seconds(attempts + 1, settings))
+        failures.append(FailedDelivery(plan.message.id, "failed", attempts, error, due))
     for message, error in outcomes.invalid:
         failures.append(FailedDelivery(message.id, "dead", message.attempts + 1, error, now))
     mark_failed(conn, failures)
-    _track_sync(conn, delivered, outcomes.failed, now)
-    exhausted = sum(f.status == "dead" for f in failures) - len(outcomes.invalid)
+    _track_sync(conn, delivered, outcomes.failed + outcomes.unreachable, now)
+    dead = sum(f.status == "dead" for f in failures)
     return OutboxResult(
         attempted=len(delivered) + len(failures), sent=len(delivered),
-        failed=len(outcomes.failed) - exhausted, dead=len(outcomes.invalid) + exhausted,
-        stale=len(outcomes.stale))
+        failed=len(failures) - dead, dead=dead, stale=len(outcomes.stale))
 
 
 def _track_sync(conn: sa.Connection, delivered: list[PlannedDelivery],

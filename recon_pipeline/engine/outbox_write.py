@@ -44,6 +44,10 @@ class BatchOutcomes:
     stale: list[PlannedDelivery] = field(default_factory=list)
     failed: list[tuple[PlannedDelivery, str]] = field(default_factory=list)
     invalid: list[tuple[OutboxMessage, str]] = field(default_factory=list)
+    # Not tried because MongoDB was unreachable: an outage, never charged to the message.
+    unreachable: list[tuple[PlannedDelivery, str]] = field(default_factory=list)
+    # (older, newest) for one record: the older follows the newest's verdict once known.
+    superseded: list[tuple[PlannedDelivery, PlannedDelivery]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

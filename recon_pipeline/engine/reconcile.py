@@ -5,7 +5,7 @@ decide and run repairs, finish the report. The Dagster ops call these steps one 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +16,14 @@ from pymongo.errors import PyMongoError
 
 from recon_pipeline.engine.extract import ChunkPlan, ChunkResult, diff_chunk, plan_chunks
 from recon_pipeline.engine.mapping import ReconConfig
-from recon_pipeline.engine.repair import repair_batch
-from recon_pipeline.engine.report import RunReport, finish_report
+from recon_pipeline.engine.repair import repair_batch, repairable_kinds
+from recon_pipeline.engine.report import (
+    RunReport,
+    finish_report,
+    record_chunk,
+    record_figures,
+    record_repairs,
+)
 from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.masking import mask_text
 from recon_pipeline.stores import reports
@@ -92,9 +98,7 @@ def decide_repairs(engine: sa.Engine, config: ReconConfig, report_id: int, *,
     """More mismatches than `repair_limit`: repair none. Dry run: repair none. Orphans
     stay `reported` unless orphan deletion is on."""
     found = sum(count for *_, count in reports.tally(engine, report_id))
-    repairable = ["missing_in_mongo", "field_mismatch"]
-    if config.settings.delete_orphans:
-        repairable.append("orphan_in_mongo")
+    repairable = repairable_kinds(config.settings)
     if found > config.settings.repair_limit:
         reports.set_status_where(engine, report_id, "skipped_limit",
                                  kinds=["missing_in_mongo", "field_mismatch",
@@ -126,17 +130,21 @@ def run_reconciliation(
         db = client[mongo_database]
         available = mongo_reachable(db)
         outbox_counts = outbox(db) if outbox else {}
-        chunks: Sequence[ChunkResult] = []
+        record_figures(engine, report_id, outbox_counts)
+        chunks: list[ChunkResult] = []
         decision = None
         if available:
-            chunks = [safe_diff_chunk(engine, db, config, report_id, request.window, chunk,
-                                      started)
-                      for chunk in plan_chunks(engine, config, request.window,
-                                               request.entity_names(config))]
+            for chunk in plan_chunks(engine, config, request.window,
+                                     request.entity_names(config)):
+                chunks.append(safe_diff_chunk(engine, db, config, report_id, request.window,
+                                              chunk, started))
+                record_chunk(engine, report_id, chunks[-1])
             decision = decide_repairs(engine, config, report_id, dry_run=request.dry_run)
             for batch in decision.batches:
                 repair_batch(engine, db, config, report_id, batch, clock())
+            record_repairs(engine, report_id)
         cleanup_counts = cleanup() if cleanup else {}
+        record_figures(engine, report_id, cleanup_counts)
         return finish_report(
             engine, report_id, chunks=chunks, outbox=outbox_counts, cleanup=cleanup_counts,
             mongo_available=available, finished_at=clock(),

@@ -3,12 +3,17 @@
 Per batch of recorded mismatches: re-read both sides (agreeing now: `resolved`, nothing
 written), project each source row through the mapping into a guarded write, write in
 bulk, re-read and re-compare: only a verified fix counts as `repaired`.
+
+A MongoDB error (a write error, a write concern error, a failed read, a lost connection)
+fails the mismatches it touched and ends repair for the whole run: the mismatches still
+waiting become `failed` ("repair stopped: ..."), the next run finds them again, and the
+run goes on to clean up and report.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,10 +21,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
 from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
-from recon_pipeline.engine.mapping import EntityMapping, ReconConfig
+from recon_pipeline.engine.mapping import EntityMapping, ReconConfig, Settings
 from recon_pipeline.engine.normalize import ValueCoercionError, coerce_source_value
 from recon_pipeline.engine.projection import (
     WriteOp,
@@ -31,7 +36,7 @@ from recon_pipeline.engine.projection import (
 )
 from recon_pipeline.masking import mask_text
 from recon_pipeline.stores import reports
-from recon_pipeline.stores.mongo import write_concern_failure
+from recon_pipeline.stores.mongo import mongo_error_text, write_concern_failure
 from recon_pipeline.stores.reports import MismatchRow
 from recon_pipeline.stores.source import fetch_rows, mark_sync
 from recon_pipeline.stores.target import TargetRecord, TargetSnapshot, fetch_targets
@@ -54,6 +59,34 @@ class _Plan:
         self.ops += ops
         self.op_owner += [mismatch_id] * len(ops)
         self.written[mismatch_id] = (key, row, parent)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairStop:
+    """Why repair ended early in a run: the MongoDB error, masked."""
+
+    error: str
+    connection_lost: bool  # the run is `partial`, not only `needs_attention`
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error": self.error, "connection_lost": self.connection_lost}
+
+
+def _stop(error: PyMongoError) -> RepairStop:
+    if isinstance(error, ConnectionFailure):  # server selection and network timeouts too
+        return RepairStop(mask_text(f"MongoDB unreachable: {mongo_error_text(error)}"), True)
+    if isinstance(error, OperationFailure):
+        reason = (error.details or {}).get("errmsg") or mongo_error_text(error)
+        return RepairStop(mask_text(f"MongoDB error {error.code}: {reason}"), False)
+    return RepairStop(mask_text(f"MongoDB error: {mongo_error_text(error)}"), False)
+
+
+def repairable_kinds(settings: Settings) -> list[str]:
+    """Mismatch kinds that repair writes for; orphans only when their deletion is on."""
+    kinds = ["missing_in_mongo", "field_mismatch"]
+    if settings.delete_orphans:
+        kinds.append("orphan_in_mongo")
+    return kinds
 
 
 def typed_key(entity: EntityMapping, record_key: str) -> Any:
@@ -184,10 +217,11 @@ def _read_group(engine: sa.Engine, entity: EntityMapping,
                   fetch_rows(engine, entity, keys), bad)
 
 
-def _repair_group(db: Database[dict[str, Any]], group: _Group,
-                  delete_orphans: bool) -> tuple[list[Outcome], list[Any]]:
-    """Re-read the targets, write, verify. Returns the outcomes and the keys of the source
-    rows now verified in MongoDB."""
+def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: bool
+                  ) -> tuple[list[Outcome], list[Any], RepairStop | None]:
+    """Re-read the targets, write, verify. Returns the outcomes, the keys of the source
+    rows now verified in MongoDB, and why repair must stop when MongoDB failed: the
+    mismatches the error touched are `failed` with it."""
     entity, rows = group.entity, group.rows
     embedded = entity.target.embedded
     parents = None
@@ -195,14 +229,27 @@ def _repair_group(db: Database[dict[str, Any]], group: _Group,
         parents = [s[embedded.parent_key] for s in group.sources.values()]
         parents += [_orphan_parent(entity, m) for m in rows
                     if m.kind == MismatchKind.ORPHAN_IN_MONGO]
-    before = fetch_targets(db, entity, group.keys, parents)
+    try:
+        before = fetch_targets(db, entity, group.keys, parents)
+    except PyMongoError as error:
+        # Orphans that are only reported were never going to be written: they stay so.
+        stop = _stop(error)
+        return group.bad + [
+            (m.id, "reported", None) if m.kind == MismatchKind.ORPHAN_IN_MONGO
+            and not delete_orphans else (m.id, "failed", stop.error) for m in rows], [], stop
     plan = _plan_entity(entity, rows, group.sources, before, delete_orphans)
-    failures = _write(db, entity, plan)
-    after = fetch_targets(db, entity, [k for k, _, _ in plan.written.values()], parents)
+    try:
+        failures = _write(db, entity, plan)
+        after = fetch_targets(db, entity, [k for k, _, _ in plan.written.values()], parents)
+    except PyMongoError as error:  # nothing written can be verified
+        stop = _stop(error)
+        return (group.bad + plan.outcomes + [(i, "failed", stop.error) for i in plan.written],
+                [], stop)
     outcomes = group.bad + plan.outcomes + _verify(entity, plan, after, failures)
     repaired = [plan.written[i][0] for i, status, _ in outcomes
                 if status == "repaired" and plan.written[i][1] is not None]
-    return outcomes, repaired
+    # Write errors fail only their own mismatches (the rest were verified), but end repair.
+    return outcomes, repaired, RepairStop(failures[min(failures)], False) if failures else None
 
 
 def _record(engine: sa.Engine, entity: EntityMapping, outcomes: list[Outcome],
@@ -216,34 +263,46 @@ def _record(engine: sa.Engine, entity: EntityMapping, outcomes: list[Outcome],
 
 def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
                    groups: Sequence[tuple[EntityMapping, Sequence[MismatchRow]]], *,
-                   delete_orphans: bool, now: datetime) -> None:
+                   delete_orphans: bool, now: datetime,
+                   stopped: Callable[[], bool]) -> RepairStop | None:
     """Repair group after group. MongoDB sees the groups strictly one after another; the
     PostgreSQL side runs on one helper thread, a group ahead (re-reading source rows)
-    and a group behind (recording outcomes), so neither waits for the other. An error
-    stops the batch once the groups before it are recorded."""
+    and a group behind (recording outcomes), so neither waits for the other. A MongoDB
+    error, here or in another batch of the run (`stopped`), ends the batch once the
+    groups before are recorded; any other error stops it the same way, raising."""
+    stop: RepairStop | None = None
     if not groups:
-        return
+        return stop
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-repair") as postgres:
         reading = postgres.submit(_read_group, engine, *groups[0])
         recording: Future[None] | None = None
         for index in range(len(groups)):
             group = reading.result()
+            if index > 0 and stopped():
+                break
             if index + 1 < len(groups):
                 reading = postgres.submit(_read_group, engine, *groups[index + 1])
-            outcomes, repaired = _repair_group(db, group, delete_orphans)
+            outcomes, repaired, stop = _repair_group(db, group, delete_orphans)
             if recording is not None:
                 recording.result()
             recording = postgres.submit(_record, engine, group.entity, outcomes, repaired,
                                         now)
+            if stop is not None:
+                break
         if recording is not None:
             recording.result()
+    return stop
 
 
 def repair_batch(engine: sa.Engine, db: Database[dict[str, Any]], config: ReconConfig,
                  report_id: int, id_range: tuple[int, int], now: datetime, *,
                  group_size: int = GROUP_SIZE) -> int:
     """Repair the report's mismatches with ids in `id_range`; returns how many were looked
-    at. Outcomes are written to the mismatch rows, `group_size` at a time."""
+    at. Outcomes are written to the mismatch rows, `group_size` at a time. Once a MongoDB
+    error has stopped the run's repair (in this batch or another), nothing more is
+    written: every mismatch still waiting is `failed` with "repair stopped: <error>"."""
+    if reports.repair_stop(engine, report_id) is not None:
+        return 0
     rows = [m for m in reports.mismatches_between(engine, report_id, *id_range)
             if m.repair_status == "reported"]
     by_entity: dict[str, list[MismatchRow]] = defaultdict(list)
@@ -252,5 +311,11 @@ def repair_batch(engine: sa.Engine, db: Database[dict[str, Any]], config: ReconC
     groups = [(config.entity(name), entity_rows[start:start + group_size])
               for name, entity_rows in by_entity.items()
               for start in range(0, len(entity_rows), group_size)]
-    _repair_groups(engine, db, groups, delete_orphans=config.settings.delete_orphans, now=now)
+    stop = _repair_groups(
+        engine, db, groups, delete_orphans=config.settings.delete_orphans, now=now,
+        stopped=lambda: reports.repair_stop(engine, report_id) is not None)
+    if stop is not None:
+        reports.stop_repairs(engine, report_id, stop.as_dict(),
+                             kinds=repairable_kinds(config.settings),
+                             error=f"repair stopped: {stop.error}")
     return len(rows)

@@ -1,6 +1,9 @@
 """One run's report: the figures of `reconciliation_reports`, the status rule (SPEC 6,
 "Status") and the per-entity breakdown. The figures are tallied from the recorded
-mismatch rows, so the audit trail and the report can never disagree."""
+mismatch rows, so the audit trail and the report can never disagree.
+
+Each phase also writes its figures to the row as soon as it completes (`record_*`): the
+row says `failed` until `finish_report`, and a run that fails keeps what it did."""
 
 from __future__ import annotations
 
@@ -65,9 +68,31 @@ class RunReport:
                 **self.counts, "details": self.details}
 
 
+def record_figures(engine: sa.Engine, report_id: int, figures: Mapping[str, int]) -> None:
+    """Counts of a completed phase (outbox, cleanup), written at once."""
+    counts = {name: int(value) for name, value in figures.items() if name in REPORT_COUNTS}
+    if counts:
+        reports.update_report(engine, report_id, counts)
+
+
+def record_chunk(engine: sa.Engine, report_id: int, chunk: ChunkResult) -> None:
+    """A compared chunk's counts, added to the row's (chunks finish in any order)."""
+    found = chunk.missing_in_mongo + chunk.field_mismatches + chunk.orphans_in_mongo
+    reports.add_counts(engine, report_id, {
+        "records_checked": chunk.records_checked, "missing_in_mongo": chunk.missing_in_mongo,
+        "field_mismatches": chunk.field_mismatches, "orphans_in_mongo": chunk.orphans_in_mongo,
+        "mismatches_found": found})
+
+
+def record_repairs(engine: sa.Engine, report_id: int) -> None:
+    """The repair counts so far, from the mismatch rows."""
+    reports.refresh_repair_counts(engine, report_id)
+
+
 def decide_status(*, mongo_available: bool, entity_errors: bool, unrepaired: int,
-                  dead_letters: int) -> str:
-    if not mongo_available or entity_errors:
+                  dead_letters: int, connection_lost: bool = False) -> str:
+    """`connection_lost`: MongoDB went away during the run (repair stopped by it)."""
+    if not mongo_available or entity_errors or connection_lost:
         return "partial"
     if unrepaired or dead_letters:
         return "needs_attention"
@@ -116,12 +141,14 @@ def finish_report(engine: sa.Engine, report_id: int, *, chunks: Sequence[ChunkRe
     for name in (*OUTBOX_COUNTS, *CLEANUP_COUNTS):
         counts[name] = int(outbox.get(name, cleanup.get(name, 0)))
     unrepaired = sum(count for _, _, status, count in tallies if status in UNREPAIRED)
+    stop = reports.repair_stop(engine, report_id)
     status = decide_status(
         mongo_available=mongo_available,
         entity_errors=any(chunk.error for chunk in chunks),
-        unrepaired=unrepaired, dead_letters=counts["outbox_dead"])
+        unrepaired=unrepaired, dead_letters=counts["outbox_dead"],
+        connection_lost=bool(stop and stop["connection_lost"]))
     details = {"entities": entities, "sample": reports.sample(engine, report_id, SAMPLE_SIZE),
-               **(extra_details or {})}
+               **({"repair_stopped": stop} if stop else {}), **(extra_details or {})}
     reports.update_report(engine, report_id, {
         **counts, "status": status, "mongo_available": mongo_available,
         "finished_at": finished_at, "details": _jsonable(details)})

@@ -25,10 +25,16 @@ def create_client(url: str, **options: Any) -> MongoClient[Document]:
     return MongoClient(url, tz_aware=True, uuidRepresentation="standard", **options)
 
 
+def mongo_error_text(error: BaseException) -> str:
+    """A driver error in one line: a server selection timeout's text goes on with the whole
+    topology description, which says nothing more to an operator. Not masked yet."""
+    return str(error).split(", Timeout:")[0].split("\n")[0]
+
+
 def mongo_unavailable(url: str, error: BaseException) -> MongoUnavailable:
-    detail = str(error).split(", Timeout:")[0].split("\n")[0]
-    return MongoUnavailable(
-        mask_text(f"cannot connect to MongoDB at {mask_url(url)}: {detail}", url_secrets(url)))
+    return MongoUnavailable(mask_text(
+        f"cannot connect to MongoDB at {mask_url(url)}: {mongo_error_text(error)}",
+        url_secrets(url)))
 
 
 def connect_database(url: str, database: str, **options: Any) -> Database[Document]:

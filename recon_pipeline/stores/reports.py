@@ -39,6 +39,29 @@ def update_report(engine: sa.Engine, report_id: int, values: dict[str, Any]) -> 
                      .values(**values))
 
 
+def add_counts(engine: sa.Engine, report_id: int, deltas: dict[str, int]) -> None:
+    """Add to counts in one statement: chunks of one run finish in parallel processes."""
+    r = reports_table.c
+    with engine.begin() as conn:
+        conn.execute(reports_table.update().where(r.id == report_id)
+                     .values({name: r[name] + delta for name, delta in deltas.items()}))
+
+
+def refresh_repair_counts(engine: sa.Engine, report_id: int) -> None:
+    """`repaired`, `repair_failed` and `repair_skipped` as the mismatch rows say now."""
+    m = mismatches_table.c
+
+    def count(*statuses: str) -> sa.ScalarSelect[int]:
+        return (sa.select(sa.func.count()).select_from(mismatches_table)
+                .where(m.report_id == report_id, m.repair_status.in_(statuses))
+                .scalar_subquery())
+
+    with engine.begin() as conn:
+        conn.execute(reports_table.update().where(reports_table.c.id == report_id).values(
+            repaired=count("repaired"), repair_failed=count("failed"),
+            repair_skipped=count("skipped_limit", "dry_run")))
+
+
 def read_report(engine: sa.Engine, report_id: int) -> dict[str, Any]:
     with engine.connect() as conn:
         return dict(conn.execute(sa.select(reports_table)
@@ -119,6 +142,34 @@ def set_repair_outcomes(conn: sa.Connection,
                  .values(repair_status=sa.bindparam("status"),
                          repair_error=sa.bindparam("error")))
     conn.execute(statement, [{"mid": i, "status": s, "error": e} for i, s, e in outcomes])
+
+
+def repair_stop(engine: sa.Engine, report_id: int) -> dict[str, Any] | None:
+    """Why the report's repair was stopped (`stop_repairs`), or None."""
+    with engine.connect() as conn:
+        details = conn.execute(sa.select(reports_table.c.details)
+                               .where(reports_table.c.id == report_id)).scalar_one()
+    stop = (details or {}).get("repair_stopped")
+    return dict(stop) if stop else None
+
+
+def stop_repairs(engine: sa.Engine, report_id: int, stop: dict[str, Any], *,
+                 kinds: Sequence[str], error: str) -> int:
+    """Record in the report row why its repair stopped (the first reason is kept; a lost
+    connection anywhere is kept too) and fail the mismatches of `kinds` still waiting for
+    repair with `error`; returns how many. One transaction: a batch that sees the reason
+    finds those mismatches marked."""
+    r, m = reports_table, mismatches_table
+    with engine.begin() as conn:
+        details = dict(conn.execute(sa.select(r.c.details).where(r.c.id == report_id)
+                                    .with_for_update()).scalar_one() or {})
+        first = details.get("repair_stopped")
+        details["repair_stopped"] = stop if not first else {
+            **first, "connection_lost": first["connection_lost"] or stop["connection_lost"]}
+        conn.execute(r.update().where(r.c.id == report_id).values(details=details))
+        return conn.execute(m.update().where(
+            m.c.report_id == report_id, m.c.kind.in_(kinds), m.c.repair_status == "reported")
+            .values(repair_status="failed", repair_error=error)).rowcount
 
 
 def set_status_where(engine: sa.Engine, report_id: int, status: str, *,

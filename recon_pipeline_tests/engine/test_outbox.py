@@ -33,6 +33,7 @@ from recon_pipeline.stores.outbox import OutboxMessage
 from recon_pipeline.stores.postgres import create_engine
 from recon_pipeline.stores.target import VERSION_FIELD
 from recon_pipeline_tests import faults
+from recon_pipeline_tests.builders import client_row
 from recon_pipeline_tests.conftest import ServerUrls
 
 Db = Database[dict[str, Any]]
@@ -320,6 +321,48 @@ def test_older_debt_message_never_overwrites_newer_element(pg_engine: sa.Engine,
         {"_id": "C001", "first_name": "Ada", "final_creditor_list": [debt_element(newer)]}]
 
 
+def test_older_messages_are_not_sent_when_the_newest_write_fails(
+        servers: ServerUrls, pg_engine: sa.Engine, app_db: Db, mongo_db: Db,
+        config: ReconConfig) -> None:
+    rows = [email(1, T0 + timedelta(minutes=m), subject=f"v{m}") for m in (0, 1, 2)]
+    insert(pg_engine, schema.incoming_emails, rows[-1])
+    ids = [upsert_email(pg_engine, row) for row in rows]
+    with fail_point(servers, {"times": 2}, failCommands=["update"], errorCode=2):
+        failed = deliver_outbox(pg_engine, app_db, config, now=at(T0))
+
+    error = "MongoDB write failed: Failing command via 'failCommand' failpoint (code 2)"
+    assert counts(failed) == (3, 0, 3, 0, 0)
+    stored = [message(pg_engine, i) for i in ids]
+    assert [(m["status"], m["attempts"], m["last_error"], m["processed_at"]) for m in stored] \
+        == [("failed", 1, f"superseded by message {ids[2]}, which was not delivered: {error}",
+             None)] * 2 + [("failed", 1, error, None)]
+    assert documents(mongo_db, "incoming_emails") == []
+    assert sync_state(pg_engine, 1)[0] == "failed"
+
+    retried = deliver_outbox(pg_engine, app_db, config, now=at(T0 + timedelta(seconds=60)))
+
+    assert counts(retried) == (3, 3, 0, 0, 2)
+    assert statuses(pg_engine) == dict.fromkeys(ids, "sent")
+    assert documents(mongo_db, "incoming_emails") == [email_doc(rows[-1])]
+
+
+def test_older_messages_are_left_due_when_mongodb_is_down(
+        pg_engine: sa.Engine, mongo_db: Db, config: ReconConfig) -> None:
+    rows = [email(1, T0 + timedelta(minutes=m), subject=f"v{m}") for m in (0, 1)]
+    insert(pg_engine, schema.incoming_emails, rows[-1])
+    ids = [upsert_email(pg_engine, row) for row in rows]
+    down = create_client(f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+                         serverSelectionTimeoutMS=300, connectTimeoutMS=300)
+
+    result = deliver_outbox(pg_engine, down[mongo_db.name], config, now=at(T0))
+
+    assert (counts(result), result.mongo_unreachable) == ((1, 0, 1, 0, 0), True)
+    older, newest = (message(pg_engine, i) for i in ids)
+    assert (older["status"], older["attempts"], older["last_error"]) == ("pending", 0, None)
+    assert (newest["status"], newest["attempts"]) == ("failed", 0)
+    assert documents(mongo_db, "incoming_emails") == []
+
+
 @pytest.mark.parametrize("entity", ["incoming_emails", "creditor_debts"])
 def test_delete_older_than_the_target_is_stale(pg_engine: sa.Engine, mongo_db: Db,
                                                config: ReconConfig, entity: str) -> None:
@@ -512,7 +555,7 @@ def test_backoff_formula() -> None:
 
 
 @pytest.mark.parametrize("batch_size", [500, 2], ids=["one-batch", "batches-of-2"])
-def test_mongodb_down_charges_one_attempt_and_touches_nothing_else(
+def test_mongodb_down_charges_nothing_and_touches_nothing_else(
         pg_engine: sa.Engine, mongo_db: Db, config: ReconConfig, batch_size: int) -> None:
     """Batches of 2: the next batch is already claimed while the first one fails; it is
     given back untouched."""
@@ -528,11 +571,12 @@ def test_mongodb_down_charges_one_attempt_and_touches_nothing_else(
                             now=at(T0))
 
     assert (counts(result), result.mongo_unreachable) == ((1, 0, 1, 0, 0), True)
-    charged = message(pg_engine, ids[0])
-    assert (charged["status"], charged["attempts"], charged["next_attempt_at"]) == \
-        ("failed", 1, T0 + timedelta(seconds=60))
-    assert charged["last_error"].startswith("MongoDB unreachable: ")
-    assert "s3cret" not in charged["last_error"]
+    hit = message(pg_engine, ids[0])
+    # An outage is not the message's fault: no attempt charged, the backoff still applies.
+    assert (hit["status"], hit["attempts"], hit["next_attempt_at"]) == \
+        ("failed", 0, T0 + timedelta(seconds=60))
+    assert hit["last_error"].startswith("MongoDB unreachable: ")
+    assert "s3cret" not in hit["last_error"]
     assert {i: message(pg_engine, i) for i in [malformed, *ids[1:]]} == \
         {i: before[i] for i in [malformed, *ids[1:]]}
     assert sync_state(pg_engine, 1)[0] == "failed"
@@ -542,6 +586,29 @@ def test_mongodb_down_charges_one_attempt_and_touches_nothing_else(
 
     assert counts(recovered) == (4, 3, 0, 1, 0)
     assert documents(mongo_db, "incoming_emails") == [email_doc(row) for row in rows]
+
+
+def test_an_outage_mid_batch_keeps_what_was_delivered_before_it(
+        servers: ServerUrls, pg_engine: sa.Engine, app_db: Db, mongo_db: Db,
+        config: ReconConfig) -> None:
+    """Entities are written one after another (clients, then incoming_emails): the
+    connection is lost on the second, after the first was delivered."""
+    client = client_row("C001", at=T0)
+    insert(pg_engine, schema.clients, client)
+    sent = add_message(pg_engine, "clients", "C001", "upsert", row_payload(client))
+    row = email(1)
+    insert(pg_engine, schema.incoming_emails, row)
+    hit = upsert_email(pg_engine, row, attempts=2)
+    with fail_point(servers, {"skip": 1}, failCommands=["update"], closeConnection=True):
+        result = deliver_outbox(pg_engine, app_db, config, now=at(T0))
+
+    assert (counts(result), result.mongo_unreachable) == ((2, 1, 1, 0, 0), True)
+    assert message(pg_engine, sent)["status"] == "sent"
+    stored = message(pg_engine, hit)
+    assert (stored["status"], stored["attempts"], stored["next_attempt_at"]) == (
+        "failed", 2, T0 + timedelta(seconds=240))
+    assert [d["_id"] for d in documents(mongo_db, "clients")] == ["C001"]
+    assert documents(mongo_db, "incoming_emails") == []
 
 
 # --- crashes and concurrent deliveries (real processes) ---------------------------------------

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from pymongo.database import Database
-from pymongo.errors import OperationFailure
 
 from recon_pipeline.engine import repair
 from recon_pipeline.engine.extract import plan_chunks
@@ -23,6 +22,7 @@ from recon_pipeline.engine.reconcile import (
     safe_diff_chunk,
 )
 from recon_pipeline.engine.repair import repair_batch
+from recon_pipeline.engine.report import RunReport, finish_report
 from recon_pipeline.stores import schema
 from recon_pipeline.stores.target import VERSION_FIELD
 from recon_pipeline_tests import faults
@@ -228,23 +228,46 @@ def test_postgres_work_runs_beside_the_mongodb_writes(
         assert next(iter(threads[postgres_work])).startswith("recon-repair")
 
 
+FAIL_POINT_ERROR = "MongoDB error 2: Failing command via 'failCommand' failpoint"
+
+
+def _outcomes(pg_engine: sa.Engine) -> list[tuple[str, str, str | None]]:
+    m = schema.reconciliation_mismatches.c
+    with pg_engine.connect() as conn:
+        return [tuple(o) for o in conn.execute(  # type: ignore[misc]
+            sa.select(m.record_key, m.repair_status, m.repair_error).order_by(m.record_key))]
+
+
+def _stopped(error: str) -> str:
+    return f"repair stopped: {error}"
+
+
+def _finish(pg_engine: sa.Engine, report_id: int) -> RunReport:
+    return finish_report(pg_engine, report_id, chunks=[], outbox={}, cleanup={},
+                         mongo_available=True, finished_at=T0)
+
+
 def test_a_failure_mid_batch_keeps_what_the_groups_before_it_repaired(
     pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig, servers: ServerUrls
 ) -> None:
     report_id = _five_stale_emails(pg_engine, mongo_db, config)
     with _faulty(servers, mongo_db, {"skip": 1}, failCommands=["update"], errorCode=2) as db:
-        with pytest.raises(OperationFailure, match="failCommand"):
-            _repair(pg_engine, db, config, report_id, group_size=2)
-    assert mismatch_rows(pg_engine, report_id) == [
-        ("incoming_emails", "1", "field_mismatch", "repaired"),
-        ("incoming_emails", "2", "field_mismatch", "repaired"),
-        *(("incoming_emails", str(i), "field_mismatch", "reported") for i in range(3, 6))]
+        _repair(pg_engine, db, config, report_id, group_size=2)
+    assert _outcomes(pg_engine) == [
+        ("1", "repaired", None), ("2", "repaired", None),
+        ("3", "failed", FAIL_POINT_ERROR), ("4", "failed", FAIL_POINT_ERROR),
+        ("5", "failed", _stopped(FAIL_POINT_ERROR))]
     assert _sync_statuses(pg_engine) == [
         (1, "synced", T0), (2, "synced", T0), *((i, "pending", None) for i in range(3, 6))]
     assert _subjects(mongo_db) == ["Statement 1", "Statement 2", "stale", "stale", "stale"]
+    report = _finish(pg_engine, report_id)
+    assert (report.status, report.counts["repaired"], report.counts["repair_failed"]) == (
+        "needs_attention", 2, 3)
+    assert report.details["repair_stopped"] == {"error": FAIL_POINT_ERROR,
+                                                "connection_lost": False}
 
 
-def test_a_write_concern_error_leaves_the_fix_unverified(
+def test_a_write_concern_error_leaves_the_fix_unverified_and_stops_repair(
     pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig, servers: ServerUrls
 ) -> None:
     report_id = _five_stale_emails(pg_engine, mongo_db, config)
@@ -252,13 +275,73 @@ def test_a_write_concern_error_leaves_the_fix_unverified(
                  writeConcernError=faults.WRITE_CONCERN) as db:
         _repair(pg_engine, db, config, report_id, group_size=2)
     error = "MongoDB write concern error: waiting for replication timed out"
+    assert _outcomes(pg_engine) == [
+        ("1", "failed", error), ("2", "failed", error),
+        *((str(i), "failed", _stopped(error)) for i in range(3, 6))]
+    assert _sync_statuses(pg_engine) == [(i, "pending", None) for i in range(1, 6)]
+    # The server applied the first group all the same; nothing was written after it.
+    assert _subjects(mongo_db) == ["Statement 1", "Statement 2", "stale", "stale", "stale"]
+    assert _finish(pg_engine, report_id).status == "needs_attention"
+
+
+def test_a_failing_read_before_writing_fails_the_group_and_stops_repair(
+    pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig, servers: ServerUrls
+) -> None:
+    report_id = _five_stale_emails(pg_engine, mongo_db, config)
+    with _faulty(servers, mongo_db, "alwaysOn", failCommands=["find"], errorCode=2) as db:
+        _repair(pg_engine, db, config, report_id, group_size=2)
+    assert _outcomes(pg_engine) == [
+        ("1", "failed", FAIL_POINT_ERROR), ("2", "failed", FAIL_POINT_ERROR),
+        *((str(i), "failed", _stopped(FAIL_POINT_ERROR)) for i in range(3, 6))]
+    assert _sync_statuses(pg_engine) == [(i, "pending", None) for i in range(1, 6)]
+    assert _subjects(mongo_db) == ["stale"] * 5
+    assert _finish(pg_engine, report_id).status == "needs_attention"
+
+
+def test_a_failing_read_after_writing_leaves_the_writes_unverified(
+    pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig, servers: ServerUrls
+) -> None:
+    report_id = _five_stale_emails(pg_engine, mongo_db, config)
+    with _faulty(servers, mongo_db, {"skip": 1}, failCommands=["find"], errorCode=2) as db:
+        _repair(pg_engine, db, config, report_id, group_size=2)
+    assert _outcomes(pg_engine) == [
+        ("1", "failed", FAIL_POINT_ERROR), ("2", "failed", FAIL_POINT_ERROR),
+        *((str(i), "failed", _stopped(FAIL_POINT_ERROR)) for i in range(3, 6))]
+    assert _sync_statuses(pg_engine) == [(i, "pending", None) for i in range(1, 6)]
+    assert _subjects(mongo_db) == ["Statement 1", "Statement 2", "stale", "stale", "stale"]
+
+
+def test_a_lost_connection_stops_repair_and_makes_the_run_partial(
+    pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig, servers: ServerUrls
+) -> None:
+    report_id = _five_stale_emails(pg_engine, mongo_db, config)
+    # alwaysOn: pymongo's one silent retry of the write meets a closed connection too.
+    with _faulty(servers, mongo_db, "alwaysOn", failCommands=["update"],
+                 closeConnection=True) as db:
+        _repair(pg_engine, db, config, report_id, group_size=2)
+    outcomes = _outcomes(pg_engine)
+    error = outcomes[0][2]
+    assert error is not None and error.startswith("MongoDB unreachable: ")
+    assert outcomes == [("1", "failed", error), ("2", "failed", error),
+                        *((str(i), "failed", _stopped(error)) for i in range(3, 6))]
+    assert _subjects(mongo_db) == ["stale"] * 5
+    report = _finish(pg_engine, report_id)
+    assert (report.status, report.counts["repair_failed"]) == ("partial", 5)
+    assert report.details["repair_stopped"] == {"error": error, "connection_lost": True}
+
+
+def test_a_batch_after_the_stop_writes_nothing(
+    pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig, servers: ServerUrls
+) -> None:
+    report_id = _five_stale_emails(pg_engine, mongo_db, config)
     m = schema.reconciliation_mismatches.c
     with pg_engine.connect() as conn:
-        outcomes = conn.execute(sa.select(m.record_key, m.repair_status, m.repair_error)
-                                .order_by(m.record_key)).all()
-    assert [tuple(o) for o in outcomes] == [
-        ("1", "failed", error), ("2", "failed", error),
-        *((str(i), "repaired", None) for i in range(3, 6))]
-    assert _sync_statuses(pg_engine) == [
-        (1, "pending", None), (2, "pending", None), *((i, "synced", T0) for i in range(3, 6))]
-    assert _subjects(mongo_db) == [f"Statement {i}" for i in range(1, 6)]  # applied all the same
+        ids = conn.execute(sa.select(m.id).order_by(m.record_key)).scalars().all()
+    with _faulty(servers, mongo_db, {"times": 1}, failCommands=["update"], errorCode=2) as db:
+        assert repair_batch(pg_engine, db, config, report_id, (ids[0], ids[1]), T0) == 2
+    # The fail point is spent: only the recorded stop keeps the second batch from writing.
+    assert repair_batch(pg_engine, mongo_db, config, report_id, (ids[2], ids[4]), T0) == 0
+    assert _outcomes(pg_engine) == [
+        ("1", "failed", FAIL_POINT_ERROR), ("2", "failed", FAIL_POINT_ERROR),
+        *((str(i), "failed", _stopped(FAIL_POINT_ERROR)) for i in range(3, 6))]
+    assert _subjects(mongo_db) == ["stale"] * 5

@@ -94,6 +94,16 @@ def _replace(text: str, secrets: set[str]) -> str:
     return text
 
 
+def _replace_in_url(url: str, secrets: set[str]) -> str:
+    """Replace the secrets where a URL holds them: the userinfo password (`:secret@`) and
+    the value of a secret option (`password=secret`). A username, host or other option
+    that happens to spell the password stays readable."""
+    alternatives = "|".join(map(re.escape, sorted(secrets, key=len, reverse=True)))
+    options = "|".join(sorted(SECRET_OPTIONS))
+    return re.sub(rf"(?P<head>:|[?&;](?i:{options})=)(?:{alternatives})(?=[@&;#]|$)",
+                  lambda m: f"{m['head']}{MASK}", url)
+
+
 def _scheme_only(url: str) -> str:
     return f"{url.partition('://')[0]}://{MASK}"
 
@@ -109,7 +119,7 @@ def mask_url(url: str) -> str:
         return url if "@" not in url and "password" not in url.lower() else _scheme_only(url)
     if not secrets:
         return url
-    masked = _replace(url, {form for secret in secrets for form in secret_forms(secret)})
+    masked = _replace_in_url(url, {form for secret in secrets for form in secret_forms(secret)})
     try:
         left = _parsed_secrets(masked)
     except _Unparseable:

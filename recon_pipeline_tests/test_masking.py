@@ -81,3 +81,10 @@ TEXTS = [
 @pytest.mark.parametrize(("text", "secrets", "masked"), TEXTS)
 def test_mask_text(text: str, secrets: tuple[str, ...], masked: str) -> None:
     assert mask_text(text, secrets) == masked
+
+
+def test_a_password_that_spells_the_user_masks_only_the_password() -> None:
+    assert mask_url("postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres") == (
+        "postgresql+psycopg://postgres:***@127.0.0.1:5432/postgres")
+    assert mask_url("mongodb://h1:h1@h1:27017/?replicaSet=h1") == (
+        "mongodb://h1:***@h1:27017/?replicaSet=h1")

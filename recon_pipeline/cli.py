@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         target.add_argument("--clients", type=int, default=200)
         target.add_argument("--drift-rate", type=float, default=0.1)
         target.add_argument("--seed", type=int, default=7)
+        # `demo --yes seed` counts too: the subcommand leaves an absent --yes unset.
         target.add_argument("--yes", action="store_true",
+                            default=argparse.SUPPRESS if target is seed else False,
                             help="replace the demo data on servers the project did not start")
     seed.set_defaults(handler=cmd_demo_seed)
 

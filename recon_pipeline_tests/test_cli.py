@@ -21,7 +21,8 @@ BAD_MONGO = "mongodb://u:s3cret@127.0.0.1:1/?serverSelectionTimeoutMS=300"
 
 
 @pytest.mark.parametrize(
-    "argv", [["db", "init"], ["demo", "seed", "--yes"], ["demo", "--yes"]],
+    "argv", [["db", "init"], ["demo", "seed", "--yes"], ["demo", "--yes", "seed"],
+             ["demo", "--yes"]],
     ids=lambda a: " ".join(a))
 def test_unreachable_postgres_gives_clear_masked_error(
     argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -70,11 +70,31 @@ def load_config(env: Environment, engine: Any) -> ReconConfig:
         raise UsageError(str(error)) from None
 
 
+def refuse_foreign_servers(args: argparse.Namespace, env: Environment) -> None:
+    """`demo` replaces the demo tables' rows and drops the mapped collections: on a server
+    the project did not start (a URL set, not one of the embedded pair) it touches nothing
+    unless `--yes` says so (SPEC 8)."""
+    if args.yes:
+        return
+    foreign = [f"{name}={mask_url(url)}" for name, url, server in (
+        ("DATABASE_URL", env.database_url, "postgres"),
+        ("MONGODB_URL", env.mongodb_url, "mongodb"))
+        if name in env.url_variables and not embedded.started_here(url, server)]
+    if foreign:
+        raise UsageError(
+            f"`demo` replaces the rows of the demo tables (clients, creditor_debts, "
+            f"incoming_emails, outbox_messages, idempotency_keys) and the mapped collections "
+            f"of MongoDB database '{env.mongodb_database}', on servers this project did not "
+            f"start: {', '.join(foreign)}. Nothing was touched. Pass --yes to replace that "
+            f"data, or unset DATABASE_URL and MONGODB_URL to use the embedded servers.")
+
+
 def cmd_demo_seed(args: argparse.Namespace, env: Environment) -> int:
     from recon_pipeline.demo import seed_demo
 
     if args.clients < 1:
         raise UsageError("--clients must be at least 1")
+    refuse_foreign_servers(args, env)
     engine = connect_engine(env.database_url)
     mongo = connect_database(env.mongodb_url, env.mongodb_database)
     try:
@@ -109,6 +129,7 @@ def print_counts(engine: Any, mongo: Any, config: ReconConfig) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, env: Environment) -> int:
+    refuse_foreign_servers(args, env)  # before `db init`: nothing touched when refused
     for command in (cmd_db_init, cmd_demo_seed):
         code = command(args, env)
         if code != EXIT_OK:
@@ -158,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
         target.add_argument("--clients", type=int, default=200)
         target.add_argument("--drift-rate", type=float, default=0.1)
         target.add_argument("--seed", type=int, default=7)
+        # `demo --yes seed` counts too: the subcommand leaves an absent --yes unset.
+        target.add_argument("--yes", action="store_true",
+                            default=argparse.SUPPRESS if target is seed else False,
+                            help="replace the demo data on servers the project did not start")
     seed.set_defaults(handler=cmd_demo_seed)
 
     emb = commands.add_parser("embedded", help="the embedded servers")

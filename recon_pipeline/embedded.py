@@ -280,6 +280,39 @@ def running(state: EmbeddedState) -> bool:
     return port_open(state.postgres.port) and mongodb_answers(state.mongodb.port)
 
 
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _url_endpoints(url: str) -> set[tuple[str, int]]:
+    """(host, port) pairs a URL connects to, read by the drivers' parsers; empty when it
+    cannot be read or names a DNS SRV record (never one of ours)."""
+    from pymongo.errors import PyMongoError
+    from pymongo.uri_parser import parse_uri
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        if url.startswith("mongodb://"):
+            return set(parse_uri(url, validate=False)["nodelist"])
+        if url.startswith("mongodb+srv://"):
+            return set()
+        parsed = make_url(url)
+        return {(parsed.host or "", parsed.port or 5432)}
+    except (PyMongoError, ArgumentError, ValueError):
+        return set()
+
+
+def started_here(url: str, server: str, home: Path | None = None) -> bool:
+    """True when `url` points at the running embedded `server` ("postgres" or "mongodb")
+    recorded under `home`: a server this project started, whose data is its own."""
+    state = read_state(home or default_home())
+    if state is None or not running(state):
+        return False
+    port = state.postgres.port if server == "postgres" else state.mongodb.port
+    endpoints = _url_endpoints(url)
+    return bool(endpoints) and all(host in LOCAL_HOSTS and at == port for host, at in endpoints)
+
+
 def start(home: Path | None = None) -> EmbeddedState:
     """Start both servers, or return the running pair recorded under `home`."""
     home = home or default_home()

@@ -30,6 +30,9 @@ class Environment:
     dagster_postgres_url: str | None
     partitions_start: str
     timezone: str
+    # The URL variables (DATABASE_URL, MONGODB_URL) the process environment set: those
+    # servers are not necessarily ours, and resources read them through `EnvVar`.
+    url_variables: frozenset[str] = frozenset()
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -62,6 +65,8 @@ def resolve_environment(env: Mapping[str, str] | None = None) -> Environment:
         dagster_postgres_url=dagster_url,
         partitions_start=_set(env, "RECON_PARTITIONS_START") or DEFAULT_PARTITIONS_START,
         timezone=_set(env, "RECON_TIMEZONE") or "UTC",
+        url_variables=frozenset(name for name in ("DATABASE_URL", "MONGODB_URL")
+                                if _set(env, name)),
     )
 
 

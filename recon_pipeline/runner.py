@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from dagster import DagsterInstance, JobDefinition
+from dagster import DagsterInstance, EnvVar, JobDefinition
 
 from recon_pipeline.environment import Environment
 from recon_pipeline.masking import mask_text
@@ -34,10 +34,18 @@ def reconciliation_job_def() -> JobDefinition:
     return defs.resolve_job_def("reconciliation_job")
 
 
+def _url_variable(env: Environment, name: str) -> EnvVar | None:
+    """The URL as `EnvVar(name)`: Dagster stores the variable's name in the run's job
+    snapshot, never its value (a password). None when the embedded default serves: the
+    resource resolves it itself, and no URL is involved."""
+    return EnvVar(name) if name in env.url_variables else None
+
+
 def resources_for(env: Environment) -> dict[str, Any]:
     return reconciliation_resources(
-        postgres=PostgresResource(database_url=env.database_url),
-        mongo=MongoResource(mongodb_url=env.mongodb_url, database=env.mongodb_database),
+        postgres=PostgresResource(database_url=_url_variable(env, "DATABASE_URL")),
+        mongo=MongoResource(mongodb_url=_url_variable(env, "MONGODB_URL"),
+                            database=env.mongodb_database),
         mapping=MappingResource(path=str(env.config_path)))
 
 

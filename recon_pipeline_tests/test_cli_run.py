@@ -2,11 +2,17 @@
 printed, exit codes of SPEC 8, secrets never printed."""
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 import sqlalchemy as sa
+from dagster import DagsterInstance
+from dagster._serdes import serialize_value
 from pymongo.database import Database
+from pymongo.uri_parser import parse_uri
 
 from recon_pipeline.cli import main
 from recon_pipeline.engine.mapping import ReconConfig
@@ -80,3 +86,74 @@ def test_unreachable_postgres_exits_1_masked(
     assert main(["run"]) == 1
     err = capsys.readouterr().err
     assert "cannot connect to PostgreSQL" in err and "s3cret-pw" not in err
+
+
+PG_PASSWORD, MONGO_PASSWORD = "Pg-s3cret/pw", "Mg-s3cret@pw"
+
+
+@pytest.fixture
+def mongo_user(mongo_db: Database[Any]) -> Iterator[str]:
+    """A MongoDB user with a password, so the run authenticates with a real secret."""
+    name = f"recon_{mongo_db.name}"
+    mongo_db.client.admin.command("createUser", name, pwd=MONGO_PASSWORD, roles=["root"])
+    yield name
+    mongo_db.client.admin.command("dropUser", name)
+
+
+def test_no_secret_reaches_the_instance_the_report_or_the_output(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], mongo_user: str,
+    config: ReconConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A CLI run recorded in a DagsterInstance with passwords in both URLs (PostgreSQL's
+    trust auth accepts any; MongoDB checks its user's): the resources read the URLs
+    through EnvVar, so neither password, in either spelling, lands anywhere."""
+    [(host, port)] = parse_uri(mongo_url_of(mongo_db), validate=False)["nodelist"]
+    pg = sa.make_url(pg_url).set(password=PG_PASSWORD).render_as_string(hide_password=False)
+    mongo = (f"mongodb://{mongo_user}:{quote_plus(MONGO_PASSWORD)}@{host}:{port}/"
+             "?directConnection=true&authSource=admin")
+    forms = {PG_PASSWORD, quote_plus(PG_PASSWORD), quote(PG_PASSWORD, safe=""),
+             MONGO_PASSWORD, quote_plus(MONGO_PASSWORD)}
+    assert sa.make_url(pg).password == PG_PASSWORD
+    assert parse_uri(mongo, validate=False)["password"] == MONGO_PASSWORD
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    for name, value in {"DATABASE_URL": pg, "MONGODB_URL": mongo, "DAGSTER_HOME": str(home),
+                        "MONGODB_DATABASE": mongo_db.name}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RECON_CONFIG", raising=False)
+    seeded = seed(pg_engine, mongo_db, config)
+
+    code = main(["run", "--start", WINDOW_START.isoformat(), "--end", WINDOW_END.isoformat(),
+                 "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    report = json.loads(out)
+    assert {name: report[name] for name in seeded.counts} == seeded.counts
+    assert report["status"] == "needs_attention"
+    # both databases: every missing or mismatched document repaired, orphans kept
+    drift = seeded.summary.drift["clients"]
+    assert mongo_db.clients.count_documents({}) == drift.rows + len(drift.orphans)
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        [run] = instance.get_runs()
+        assert run.run_id == report["run_id"]
+        stored = {
+            "run config": serialize_value(run.run_config),
+            "resource config": serialize_value(
+                instance.get_job_snapshot(run.job_snapshot_id or "")),
+            "execution plan": serialize_value(
+                instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id or "")),
+            "event log": serialize_value(list(instance.all_logs(run.run_id))),
+        }
+    assert '"report_id"' in stored["event log"]  # the materialization's metadata is there
+    with pg_engine.connect() as conn:
+        stored["report row"] = repr(conn.execute(sa.text(
+            "select * from reconciliation_reports")).all())
+    stored["output"] = out + err
+    leaks = {where: sorted(form for form in forms if form in text)
+             for where, text in stored.items()}
+    assert leaks == {where: [] for where in stored}
+    # the resources' config as stored: the variables' names where the URLs were
+    assert r'\"database_url\": {\"env\": \"DATABASE_URL\"}' in stored["resource config"]
+    assert r'\"mongodb_url\": {\"env\": \"MONGODB_URL\"}' in stored["resource config"]

@@ -3,6 +3,8 @@ SQLAlchemy Core tables, and the idempotent `db init`."""
 
 from __future__ import annotations
 
+import time
+
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -127,23 +129,100 @@ incoming_emails = sa.Table(
 )
 
 
+DB_INIT_LOCK = "recon_pipeline.db_init"
+LOCK_POLL_SECONDS = 0.2
+
+
 def init_schema(engine: sa.Engine) -> list[str]:
-    """Create every missing table and index; returns what was created (empty when none)."""
+    """Create every missing table and index; returns what was created (empty when none).
+
+    A missing index on a table that already holds rows (an application's table, or ours
+    in use) is built with CREATE INDEX CONCURRENTLY outside any transaction, so the
+    application's writes never wait for it; an index an interrupted concurrent build left
+    invalid is dropped and built again the same way. New and empty tables get theirs in
+    the one transaction that creates the tables."""
     created: list[str] = []
-    with engine.begin() as conn:
-        # Serialise concurrent `db init`s: create-if-missing is not atomic on its own.
-        conn.execute(sa.text("select pg_advisory_xact_lock(hashtext('recon_pipeline.db_init'))"))
-        inspector = sa.inspect(conn)
-        existing_tables = set(inspector.get_table_names())
-        for table in metadata.sorted_tables:
-            if table.name not in existing_tables:
-                table.create(conn)
-                created.append(f"table {table.name}")
-                created += [f"index {index.name}" for index in table.indexes]
-                continue
-            existing_indexes = {ix["name"] for ix in inspector.get_indexes(table.name)}
-            for index in table.indexes:
-                if index.name not in existing_indexes:
-                    index.create(conn)
-                    created.append(f"index {index.name}")
+    with engine.connect() as conn:
+        _take_session_lock(conn, DB_INIT_LOCK)
+        try:
+            with conn.begin():
+                concurrent = _create_missing(conn, created)
+            if concurrent:
+                _build_concurrently(conn, concurrent, created)
+        finally:
+            conn.execute(sa.text("select pg_advisory_unlock(hashtext(:n))"), {"n": DB_INIT_LOCK})
+            conn.commit()
     return created
+
+
+def _take_session_lock(conn: sa.Connection, name: str) -> None:
+    """Serialise concurrent `db init`s (create-if-missing is not atomic on its own).
+
+    Polled rather than waited for in pg_advisory_lock: a concurrent index build waits for
+    every transaction holding an older snapshot, a waiting lock call among them, and
+    that waiter would be waiting for the build's own session: a deadlock."""
+    while True:
+        got = conn.execute(sa.text("select pg_try_advisory_lock(hashtext(:n))"),
+                           {"n": name}).scalar()
+        conn.commit()
+        if got:
+            return
+        time.sleep(LOCK_POLL_SECONDS)
+
+
+def _create_missing(conn: sa.Connection, created: list[str]) -> list[tuple[sa.Index, bool]]:
+    """Create missing tables, and missing indexes of empty tables; return the indexes to
+    build concurrently, each with whether an invalid one must be dropped first."""
+    inspector = sa.inspect(conn)
+    existing_tables = set(inspector.get_table_names())
+    validity: dict[str | None, bool] = {name: valid for name, valid in conn.execute(sa.text(
+        "select c.relname, i.indisvalid from pg_index i"
+        " join pg_class c on c.oid = i.indexrelid"
+        " where c.relnamespace = current_schema()::regnamespace"))}
+    concurrent: list[tuple[sa.Index, bool]] = []
+    for table in metadata.sorted_tables:
+        if table.name not in existing_tables:
+            table.create(conn)
+            created.append(f"table {table.name}")
+            created += [f"index {index.name}" for index in table.indexes]
+            continue
+        missing = [index for index in table.indexes if validity.get(index.name) is not True]
+        if not missing:
+            continue
+        has_rows = conn.execute(sa.select(sa.exists().select_from(table))).scalar()
+        for index in missing:
+            invalid = index.name in validity
+            if has_rows or invalid:
+                concurrent.append((index, invalid))
+            else:
+                index.create(conn)
+                created.append(f"index {index.name}")
+    return concurrent
+
+
+def _build_concurrently(conn: sa.Connection, indexes: list[tuple[sa.Index, bool]],
+                        created: list[str]) -> None:
+    """CREATE INDEX CONCURRENTLY (it cannot run inside a transaction block)."""
+    conn.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        for index, invalid in indexes:
+            concurrent = _concurrent_copy(index)
+            if invalid:
+                conn.execute(sa.schema.DropIndex(concurrent, if_exists=True))
+            conn.execute(sa.schema.CreateIndex(concurrent, if_not_exists=True))
+            rebuilt = ", rebuilt: an interrupted build had left it invalid" if invalid else ""
+            created.append(f"index {index.name} (concurrently{rebuilt})")
+    finally:
+        conn.commit()  # a no-op under autocommit, but the isolation level can change after
+        conn.execution_options(isolation_level=conn.default_isolation_level)
+
+
+def _concurrent_copy(index: sa.Index) -> sa.Index:
+    """The index with postgresql_concurrently set, on a copy of its table: the shared
+    metadata stays as declared (new tables keep building theirs transactionally)."""
+    if not isinstance(index.table, sa.Table):
+        raise TypeError(f"index {index.name} is not bound to a table")
+    copy = index.table.to_metadata(sa.MetaData())
+    [twin] = [ix for ix in copy.indexes if ix.name == index.name]
+    twin.dialect_options["postgresql"]["concurrently"] = True
+    return twin

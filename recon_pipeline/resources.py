@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
+from pydantic import Field
 from pymongo.database import Database
 
 from recon_pipeline.engine.mapping import ReconConfig, load_mapping
@@ -92,9 +93,13 @@ class RunLock(ConfigurableResource):  # type: ignore[misc]
     died on this host. The `reconciliation` pool still limits the daemon's launches."""
 
     postgres: PostgresResource
-    wait_seconds: float = 6 * 3600
-    lease_seconds: float = 120.0
-    poll_seconds: float = 1.0
+    wait_seconds: float = Field(
+        default=6 * 3600, ge=0, description="longest wait for another run to finish")
+    lease_seconds: float = Field(
+        default=120.0, gt=0, description="how long the lock outlives a step: covers the "
+        "start of the next step's process, and frees a dead holder's lock")
+    poll_seconds: float = Field(default=1.0, gt=0, description="how often a waiting run "
+                                "looks at the lock")
 
     @contextmanager
     def yield_for_execution(self, context: InitResourceContext) -> Iterator[RunLock]:

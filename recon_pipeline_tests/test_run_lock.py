@@ -124,6 +124,27 @@ def test_a_holder_that_stops_refreshing_loses_the_lock_when_its_lease_expires(
                                    "active_steps": 1, "failed": False, "live": True}
 
 
+def test_a_dead_step_among_several_leaves_the_lock_to_its_lease(pg_engine: sa.Engine) -> None:
+    """A killed step of a multiprocess run whose sibling may still run: no early release."""
+    sibling = Claimant.this_process("run-a")
+    assert run_lock.try_acquire(pg_engine, sibling, 600) is None
+    killed = Claimant("run-a", sibling.host, 2**22 + 7, sibling.pid_scope)  # no such pid
+    assert run_lock.try_acquire(pg_engine, killed, 600) is None
+    assert lock_row(pg_engine)["active_steps"] == 2
+    holder = run_lock.try_acquire(pg_engine, Claimant.this_process("run-b"), 600)
+    assert holder is not None and holder.run_id == "run-a"
+    run_lock.step_done(pg_engine, sibling, 600)  # the sibling ends; the dead one never will
+    assert run_lock.try_acquire(pg_engine, Claimant.this_process("run-b"), 600) is None
+
+
+def test_a_database_without_the_lock_table_says_to_run_db_init(pg_engine: sa.Engine) -> None:
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("drop table reconciliation_run_lock"))
+    with pytest.raises(run_lock.RunLockMissing, match="table reconciliation_run_lock is "
+                       "missing: run `recon-pipeline db init`"):
+        run_lock.try_acquire(pg_engine, Claimant.this_process("run-a"), 600)
+
+
 def test_a_running_step_keeps_its_lease_fresh(pg_engine: sa.Engine) -> None:
     step = Claimant.this_process("run-a")
     assert run_lock.try_acquire(pg_engine, step, lease_seconds=0.4) is None

@@ -36,6 +36,10 @@ class RunLockTimeout(RuntimeError):
     """The lock stayed held by another run for the whole wait."""
 
 
+class RunLockMissing(RuntimeError):
+    """The database predates the run lock's table."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claimant:
     """One process acting for one run."""
@@ -89,7 +93,9 @@ def _process_gone(pid: int) -> bool:
 
 
 def _died_here(row: sa.Row[tuple[object, ...]], claimant: Claimant) -> bool:
-    return (row.pid is not None and claimant.pid_scope is not None
+    """The holder's only running step died on this host. With several steps counted,
+    another may still run (or the count is stale from a killed one): the lease decides."""
+    return (row.pid is not None and row.active_steps <= 1 and claimant.pid_scope is not None
             and row.pid_scope == claimant.pid_scope and row.pid != claimant.pid
             and _process_gone(row.pid))
 
@@ -99,7 +105,13 @@ def try_acquire(engine: sa.Engine, claimant: Claimant, lease_seconds: float,
     """Take the lock for `claimant.run_id`, or re-enter it when that run holds it already
     (one more active step). Returns None when taken, else who holds it."""
     with engine.begin() as conn:
-        conn.execute(insert(lock_table).values(name=name).on_conflict_do_nothing())
+        try:
+            conn.execute(insert(lock_table).values(name=name).on_conflict_do_nothing())
+        except sa.exc.ProgrammingError as error:
+            if getattr(error.orig, "sqlstate", None) == "42P01":  # undefined_table
+                raise RunLockMissing(f"table {lock_table.name} is missing: run "
+                                     "`recon-pipeline db init` to create it") from None
+            raise
         row = conn.execute(
             sa.select(lock_table, sa.func.now().label("now"))
             .where(lock_table.c.name == name).with_for_update()).one()

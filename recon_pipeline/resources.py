@@ -110,8 +110,9 @@ class RunLock(ConfigurableResource):  # type: ignore[misc]
         log = context.log
 
         def waiting(holder: run_lock.Holder) -> None:
+            # A warning: `recon-pipeline run` prints warnings, so its user sees the wait too.
             if log is not None:
-                log.info(f"run {claimant.run_id} waits for the run lock, held by "
+                log.warning(f"run {claimant.run_id} waits for the run lock, held by "
                          f"{holder.describe()}")
 
         with self.postgres.engine() as engine:

@@ -9,6 +9,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -115,13 +116,26 @@ def test_a_failed_run_frees_the_lock_when_its_last_running_step_ends(
 def test_a_holder_that_stops_refreshing_loses_the_lock_when_its_lease_expires(
     pg_engine: sa.Engine,
 ) -> None:
-    assert run_lock.try_acquire(pg_engine, far_away("lost-machine"), lease_seconds=0.5) is None
+    assert run_lock.try_acquire(pg_engine, far_away("lost-machine"), lease_seconds=2) is None
     waited_for: list[Holder] = []
     run_lock.acquire(pg_engine, Claimant.this_process("run-b"), lease_seconds=600,
                      wait_seconds=120, poll_seconds=0.05, on_wait=waited_for.append)
     assert [h.run_id for h in waited_for] == ["lost-machine"]
     assert lock_row(pg_engine) == {"run_id": "run-b",
                                    "holder": Claimant.this_process("x").label,
+                                   "active_steps": 1, "failed": False, "live": True}
+
+
+def test_a_lease_last_refreshed_longer_ago_than_its_length_is_free(
+    pg_engine: sa.Engine,
+) -> None:
+    assert run_lock.try_acquire(pg_engine, far_away("lost-machine"), 600) is None
+    assert run_lock.try_acquire(pg_engine, far_away("run-b"), 600) is not None
+    with pg_engine.begin() as conn:  # the clock moves past the lease: no refresh came
+        conn.execute(sa.text("update reconciliation_run_lock "
+                             "set expires_at = now() - interval '1 millisecond'"))
+    assert run_lock.try_acquire(pg_engine, far_away("run-b"), 600) is None
+    assert lock_row(pg_engine) == {"run_id": "run-b", "holder": "elsewhere:4242",
                                    "active_steps": 1, "failed": False, "live": True}
 
 
@@ -195,13 +209,34 @@ def test_a_sigkilled_holder_frees_the_lock_and_the_next_run_proceeds(
 
 def test_a_waiting_run_logs_whose_run_it_waits_for(
     pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], config: ReconConfig,
+    dagster_postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seeded = seed(pg_engine, mongo_db, config, clients=CLIENTS)
-    assert run_lock.try_acquire(pg_engine, far_away("holder-run-1"), lease_seconds=1) is None
-    result, messages = in_process_run(pg_url, mongo_db, wait_seconds=120)
+    assert run_lock.try_acquire(pg_engine, far_away("holder-run-1"), 3600) is None
+    outcome: list[tuple[ExecuteInProcessResult, list[str]]] = []
+    for name, value in write_dagster_home(tmp_path / "home", dagster_postgres_url).items():
+        monkeypatch.setenv(name, value)
+    # A PostgreSQL-backed instance: this thread reads the run's log while the run writes it.
+    with DagsterInstance.get() as instance:
+        thread = threading.Thread(target=lambda: outcome.append(
+            in_process_run(pg_url, mongo_db, wait_seconds=600, instance=instance)))
+        thread.start()
+        waits: list[str] = []
+        deadline = time.monotonic() + 300
+        while not waits and thread.is_alive() and time.monotonic() < deadline:
+            waits = [entry.user_message for run in instance.get_runs(limit=3)
+                     for entry in instance.all_logs(run.run_id)
+                     if "held by run holder-run-1" in entry.user_message]
+            threading.Event().wait(0.2)
+        assert run_lock.current_holder(pg_engine).run_id == "holder-run-1"  # type: ignore[union-attr]
+        run_lock.release(pg_engine, "holder-run-1")  # the holder's run ends
+        thread.join(timeout=600)
+    [(result, messages)] = outcome
     assert result.success
-    waits = [m for m in messages if "waits for the run lock" in m]
-    assert len(waits) == 1 and "held by run holder-run-1 (elsewhere:4242" in waits[0], waits
+    assert waits == [m for m in messages if "waits for the run lock" in m]  # said once
+    assert len(waits) == 1 and waits[0].startswith(
+        f"run {result.run_id} waits for the run lock, held by run holder-run-1 "
+        "(elsewhere:4242, holding since "), waits
     [row] = reports.recent_reports(pg_engine, 5)
     assert_first_run(row, seeded)
     assert_consistent(pg_engine, mongo_db, seeded)
@@ -221,12 +256,13 @@ def test_a_failed_in_process_run_frees_the_lock(
 # --- whole runs launched every way at once -----------------------------------------------
 
 def in_process_run(pg_url: str, mongo_db: Database[Any], *, wait_seconds: float,
+                   instance: DagsterInstance | None = None,
                    **options: Any) -> tuple[ExecuteInProcessResult, list[str]]:
     resources = test_resources(pg_url, mongo_db)
     resources["run_lock"] = RunLock(postgres=resources["postgres"], wait_seconds=wait_seconds,
                                     poll_seconds=0.1)
     job = defs.resolve_job_def("reconciliation_job")
-    with DagsterInstance.ephemeral() as instance:
+    with nullcontext(instance) if instance else DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(
             run_config=recon_pipeline.run_config(**{**WINDOW, **options}), instance=instance,
             partition_key=PARTITION, resources=resources, raise_on_error=False)
@@ -329,6 +365,7 @@ def test_a_multiprocess_run_and_a_cli_run_started_at_once_never_overlap(
     [process] = cli
     out, err = process.communicate(timeout=600)
     assert process.returncode == 1, err  # needs_attention: the orphans are only reported
+    assert f"waits for the run lock, held by run {multiprocess_id}" in err, err
     cli_report = json.loads(out)
     rows = sorted(reports.recent_reports(pg_engine, 5), key=lambda r: r["started_at"])
     assert_one_at_a_time(rows, {multiprocess_id, cli_report["run_id"]})

@@ -281,7 +281,8 @@ def start_cli_run(pg_url: str, mongo_db: Database[Any]) -> subprocess.Popen[str]
 
 
 def multiprocess_run(pg_url: str, mongo_db: Database[Any], dagster_postgres_url: str,
-                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+                     success: bool = True, **options: Any) -> str:
     """The job as the daemon runs it: the multiprocess executor, a step per process."""
     for name, value in {"DATABASE_URL": pg_url, "MONGODB_URL": mongo_url_of(mongo_db),
                         "MONGODB_DATABASE": mongo_db.name,
@@ -291,10 +292,21 @@ def multiprocess_run(pg_url: str, mongo_db: Database[Any], dagster_postgres_url:
         result = execute_job(
             reconstructable(reconciliation_job_def), instance=instance,
             tags={"dagster/partition": PARTITION},
-            run_config={**recon_pipeline.run_config(**WINDOW),
+            run_config={**recon_pipeline.run_config(**{**WINDOW, **options}),
                         "execution": {"config": {"multiprocess": {"max_concurrent": 4}}}})
-        assert result.success
+        assert result.success is success
         return result.run_id
+
+
+def test_a_failed_multiprocess_run_frees_the_lock(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
+    dagster_postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    multiprocess_run(pg_url, mongo_db, dagster_postgres_url, tmp_path, monkeypatch,
+                     success=False, entities=["invoices"])
+    assert reports.recent_reports(pg_engine, 1) == []
+    assert run_lock.current_holder(pg_engine) is None  # freed by the step, not by expiry
+    assert mongo_db.list_collection_names() == []
 
 
 def assert_one_at_a_time(rows: list[dict[str, Any]], run_ids: set[str]) -> None:

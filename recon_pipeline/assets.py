@@ -5,7 +5,14 @@ batch (fanned out) → cleanup → report (+ the five checks)."""
 
 from typing import Any
 
-from dagster import BackfillPolicy, ConfigMapping, graph_asset
+from dagster import (
+    BackfillPolicy,
+    ConfigMapping,
+    HookContext,
+    failure_hook,
+    graph_asset,
+    success_hook,
+)
 
 from recon_pipeline.checks import CHECK_SPECS
 from recon_pipeline.ops import (
@@ -23,6 +30,24 @@ from recon_pipeline.partitions import hourly_partitions
 from recon_pipeline.run_options import ASSET_NAME
 
 
+@failure_hook(required_resource_keys={"run_lock"})
+def run_lock_on_failure(context: HookContext) -> None:
+    """A failed op fails the run: free the run lock once none of its steps runs any more."""
+    context.resources.run_lock.mark_failed(context.run_id)
+
+
+@success_hook(required_resource_keys={"run_lock"})
+def release_run_lock(context: HookContext) -> None:
+    """After the last op: the next run may start."""
+    context.resources.run_lock.release(context.run_id)
+
+
+# Every op carries a hook that needs `run_lock`, so every step's process sets it up, and
+# with it takes or re-enters the run lock (RunLock): the lock spans the whole run under
+# any executor, and in whatever job the asset is materialized (UI, schedule, backfill).
+HOOKS = {run_lock_on_failure}
+
+
 def _to_start_run(config: dict[str, Any]) -> dict[str, Any]:
     return {"start_run": {"config": config}}
 
@@ -37,13 +62,15 @@ def _to_start_run(config: dict[str, Any]) -> dict[str, Any]:
     config=ConfigMapping(config_schema=RUN_CONFIG_SCHEMA, config_fn=_to_start_run),
 )
 def reconciliation_report() -> dict[str, Any]:
-    ticket = start_run()
-    outbox = retry_outbox(ticket)
-    chunks = plan_chunks_op(ticket, after_outbox=outbox).map(diff_chunk_op).collect()
-    batches, decision = decide_repairs_op(ticket, chunks)
-    repaired = batches.map(repair_batch_op).collect()
-    cleanup = clean_up_op(ticket, repaired)
-    outputs = write_report(ticket, outbox, chunks, decision, cleanup)
+    ticket = start_run.with_hooks(HOOKS)()
+    outbox = retry_outbox.with_hooks(HOOKS)(ticket)
+    chunks = plan_chunks_op.with_hooks(HOOKS)(ticket, after_outbox=outbox).map(
+        diff_chunk_op.with_hooks(HOOKS)).collect()
+    batches, decision = decide_repairs_op.with_hooks(HOOKS)(ticket, chunks)
+    repaired = batches.map(repair_batch_op.with_hooks(HOOKS)).collect()
+    cleanup = clean_up_op.with_hooks(HOOKS)(ticket, repaired)
+    outputs = write_report.with_hooks({*HOOKS, release_run_lock})(
+        ticket, outbox, chunks, decision, cleanup)
     # The graph returns the asset output and one output per check, keyed as Dagster names them.
     return {"result": outputs.result,
             **{spec.get_python_identifier(): getattr(outputs, spec.name) for spec in CHECK_SPECS}}

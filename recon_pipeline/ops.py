@@ -104,7 +104,7 @@ def partition_label(context: OpExecutionContext) -> str | None:
 def start_run(context: OpExecutionContext, postgres: PostgresResource, mongo: MongoResource,
               mapping: MappingResource, run_lock: RunLock) -> RunTicket:
     """Window, report row, MongoDB reachability. `run_lock` is held from here to the end
-    of an in-process run (see RunLock)."""
+    of the run, under any executor (see RunLock)."""
     options = RunOptions.from_config(context.op_config)
     now = utc_now()
     partitioned = context.has_partition_key or context.has_partition_key_range

@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
+from pydantic import Field
 from pymongo.database import Database
 
 from recon_pipeline.engine.mapping import ReconConfig, load_mapping
@@ -19,10 +20,9 @@ from recon_pipeline.environment import (
     packaged_mapping_path,
     resolve_environment,
 )
+from recon_pipeline.stores import run_lock
 from recon_pipeline.stores.mongo import connect_database, create_client
-from recon_pipeline.stores.postgres import connect_engine, waiting_advisory_lock
-
-RUN_LOCK_NAME = "recon_pipeline.reconciliation_run"
+from recon_pipeline.stores.postgres import connect_engine
 
 
 class PostgresResource(ConfigurableResource):  # type: ignore[misc]
@@ -80,22 +80,58 @@ class MappingResource(ConfigurableResource):  # type: ignore[misc]
 
 
 class RunLock(ConfigurableResource):  # type: ignore[misc]
-    """Holds a PostgreSQL advisory lock while a run executes in one process.
+    """The run lock of SPEC 7 (stores/run_lock.py), held from a run's first op to its last.
 
-    The daemon keeps runs apart with the `reconciliation` pool; `execute_in_process` (the
-    CLI, tests, scripts) ignores pools. Only the first op requires this resource, so an
-    in-process run initialises it once at start and tears it down after its last op: the
-    lock spans the whole run, and a second run waits for it. Under the multiprocess
-    executor it spans only the first step (the pool covers those runs)."""
+    Every op needs this resource (the hooks in assets.py require it), so it is set up in
+    every process that runs a step: once per run in process, once per step under the
+    multiprocess and celery executors. Setting up takes the lock for the run, or re-enters
+    it when the run holds it already, waiting up to `wait_seconds` for another run;
+    while the step runs a thread keeps the lease fresh; when the step ends the lease stays
+    for `lease_seconds`, enough for the next step's process to start. The last op releases
+    it (`release`), a failure marks it (`mark_failed`) so it frees when the run's last
+    running step ends. A dead holder's lease expires after `lease_seconds`, at once when it
+    died on this host. The `reconciliation` pool still limits the daemon's launches."""
 
     postgres: PostgresResource
-    wait_seconds: float = 6 * 3600
+    wait_seconds: float = Field(
+        default=6 * 3600, ge=0, description="longest wait for another run to finish")
+    lease_seconds: float = Field(
+        default=120.0, gt=0, description="how long the lock outlives a step: covers the "
+        "start of the next step's process, and frees a dead holder's lock")
+    poll_seconds: float = Field(default=1.0, gt=0, description="how often a waiting run "
+                                "looks at the lock")
 
     @contextmanager
     def yield_for_execution(self, context: InitResourceContext) -> Iterator[RunLock]:
-        with self.postgres.engine() as engine, waiting_advisory_lock(
-                engine, RUN_LOCK_NAME, self.wait_seconds):
+        if context.run is None:  # built outside a run: nothing to keep apart
             yield self
+            return
+        claimant = run_lock.Claimant.this_process(context.run.run_id)
+        log = context.log
+
+        def waiting(holder: run_lock.Holder) -> None:
+            # A warning: `recon-pipeline run` prints warnings, so its user sees the wait too.
+            if log is not None:
+                log.warning(f"run {claimant.run_id} waits for the run lock, held by "
+                         f"{holder.describe()}")
+
+        with self.postgres.engine() as engine:
+            run_lock.acquire(engine, claimant, lease_seconds=self.lease_seconds,
+                             wait_seconds=self.wait_seconds, poll_seconds=self.poll_seconds,
+                             on_wait=waiting)
+            try:
+                with run_lock.keep_alive(engine, claimant, self.lease_seconds):
+                    yield self
+            finally:
+                run_lock.step_done(engine, claimant, self.lease_seconds)
+
+    def release(self, run_id: str) -> None:
+        with self.postgres.engine() as engine:
+            run_lock.release(engine, run_id)
+
+    def mark_failed(self, run_id: str) -> None:
+        with self.postgres.engine() as engine:
+            run_lock.mark_failed(engine, run_id)
 
 
 def _env(name: str) -> Any:

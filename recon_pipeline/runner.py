@@ -1,7 +1,7 @@
 """One run of `reconciliation_job` outside the daemon (the CLI, `demo`, benchmarks):
 in process, recorded in the instance when `DAGSTER_HOME` is set, explicit resources from
-the resolved environment. The PostgreSQL advisory lock (RunLock) keeps it from
-overlapping any other in-process run."""
+the resolved environment. The run lock in PostgreSQL (RunLock) keeps it from overlapping
+any other run, however that one was launched."""
 
 from __future__ import annotations
 

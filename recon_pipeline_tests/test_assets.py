@@ -22,10 +22,9 @@ import recon_pipeline
 from recon_pipeline.definitions import defs
 from recon_pipeline.engine.mapping import ReconConfig
 from recon_pipeline.partitions import last_complete_hour
-from recon_pipeline.resources import RUN_LOCK_NAME, RunLock
+from recon_pipeline.resources import RunLock
 from recon_pipeline.runner import reconciliation_job_def
-from recon_pipeline.stores import reports
-from recon_pipeline.stores.postgres import waiting_advisory_lock
+from recon_pipeline.stores import reports, run_lock
 from recon_pipeline_tests.conftest import mongo_url_of
 from recon_pipeline_tests.dagster_support import (
     SEED_NOW,
@@ -228,16 +227,20 @@ def test_a_run_waits_for_the_lock_and_gives_up_with_a_clear_error(
     pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any]
 ) -> None:
     resources = test_resources(pg_url, mongo_db)
-    resources["run_lock"] = RunLock(postgres=resources["postgres"], wait_seconds=0.5)
+    resources["run_lock"] = RunLock(postgres=resources["postgres"], wait_seconds=0.5,
+                                    poll_seconds=0.1)
     job = defs.resolve_job_def("reconciliation_job")
-    with waiting_advisory_lock(pg_engine, RUN_LOCK_NAME, 5), \
-            DagsterInstance.ephemeral() as instance:
+    other = run_lock.Claimant.this_process("other-run")
+    assert run_lock.try_acquire(pg_engine, other, lease_seconds=600) is None
+    with DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(
             run_config=recon_pipeline.run_config(), instance=instance, partition_key=PARTITION,
             resources=resources, raise_on_error=False)
     assert not result.success
     errors = [str(e.event_specific_data.error.message)  # type: ignore[union-attr]
               for e in result.all_events if getattr(e.event_specific_data, "error", None)]
-    assert any("advisory lock 'recon_pipeline.reconciliation_run' still held by another" in m
+    assert any("run lock 'reconciliation' still held by run other-run" in m
                for m in errors), errors
     assert reports.recent_reports(pg_engine, 1) == []  # nothing half-written
+    holder = run_lock.current_holder(pg_engine)
+    assert holder is not None and holder.run_id == "other-run"  # never taken from it

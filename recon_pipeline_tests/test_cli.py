@@ -55,7 +55,7 @@ def test_db_init_twice_creates_nothing_the_second_time(
     monkeypatch.setenv("MONGODB_DATABASE", mongo_db.name)
     assert main(["db", "init"]) == 0
     out, err = capsys.readouterr()
-    assert "(17 objects created)" in out
+    assert "(18 objects created)" in out
     assert "collection 'incoming_emails' does not exist yet" in err  # a warning only
     # the windowed orphan scan reads by the mapped updated_at, elements included
     assert "updated_at_1" in mongo_db.incoming_emails.index_information()

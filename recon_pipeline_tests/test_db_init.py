@@ -14,8 +14,9 @@ def test_db_init_creates_every_table_and_index_then_nothing(fresh_database: str)
     inspector = sa.inspect(engine)
     assert set(inspector.get_table_names()) == {t.name for t in metadata.sorted_tables} == {
         "outbox_messages", "idempotency_keys", "reconciliation_reports",
-        "reconciliation_mismatches", "clients", "creditor_debts", "incoming_emails"}
-    assert sum(item.startswith("table ") for item in first) == 7
+        "reconciliation_mismatches", "reconciliation_run_lock", "clients", "creditor_debts",
+        "incoming_emails"}
+    assert sum(item.startswith("table ") for item in first) == 8
     assert "index ix_outbox_messages_due" in first
     assert "index ix_creditor_debts_updated_at" in first
     assert second == []

@@ -70,33 +70,3 @@ def advisory_lock(engine: sa.Engine, name: str) -> Iterator[bool]:
             if got:
                 conn.execute(sa.text("select pg_advisory_unlock(hashtext(:n))"), {"n": name})
                 conn.commit()
-
-
-class LockTimeout(RuntimeError):
-    """An advisory lock was not granted in time."""
-
-
-@contextmanager
-def waiting_advisory_lock(engine: sa.Engine, name: str, timeout_seconds: float) -> Iterator[None]:
-    """Session-level advisory lock held for the block, waiting up to `timeout_seconds` for
-    the holder to finish; LockTimeout after that. The lock dies with the session, so a
-    crashed holder never leaves it taken."""
-    with engine.connect() as conn:
-        try:
-            # lock_timeout bounds the wait of pg_advisory_lock (a heavyweight lock wait).
-            conn.execute(sa.text("select set_config('lock_timeout', :ms, false)"),
-                         {"ms": f"{max(1, int(timeout_seconds * 1000))}ms"})
-            conn.execute(sa.text("select pg_advisory_lock(hashtext(:n))"), {"n": name})
-            conn.commit()
-        except sa.exc.OperationalError as error:
-            conn.rollback()
-            if getattr(error.orig, "sqlstate", None) == "55P03":  # lock_not_available
-                raise LockTimeout(f"advisory lock '{name}' still held by another session "
-                                  f"after {timeout_seconds:g} s") from None
-            raise
-        try:
-            yield
-        finally:
-            conn.execute(sa.text("select pg_advisory_unlock(hashtext(:n))"), {"n": name})
-            conn.execute(sa.text("select set_config('lock_timeout', '0', false)"))
-            conn.commit()

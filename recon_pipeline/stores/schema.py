@@ -84,6 +84,23 @@ reconciliation_mismatches = sa.Table(
     sa.Index("ix_reconciliation_mismatches_detected_at", "detected_at"),
 )
 
+# The run lock of SPEC 7 (stores/run_lock.py): one row per lock, `run_id` NULL when free.
+reconciliation_run_lock = sa.Table(
+    "reconciliation_run_lock", metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("run_id", sa.Text),
+    sa.Column("holder", sa.Text),  # host:pid of the step that last refreshed it, for people
+    # The step process running now (NULL between steps) and where that pid means something
+    # (host, boot, pid namespace): a waiter there may see that it died.
+    sa.Column("pid", sa.Integer),
+    sa.Column("pid_scope", sa.Text),
+    sa.Column("active_steps", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("acquired_at", TIMESTAMPTZ),
+    sa.Column("heartbeat_at", TIMESTAMPTZ),
+    sa.Column("expires_at", TIMESTAMPTZ),
+)
+
 # --- demo domain (SPEC 4.2) -------------------------------------------------------------
 
 clients = sa.Table(

@@ -36,6 +36,7 @@ from recon_pipeline.stores.outbox import (
     mark_sent,
 )
 from recon_pipeline.stores.source import mark_sync
+from recon_pipeline.stores.target import KeyLayouts
 
 MAX_ERROR_CHARS = 1000
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -103,6 +104,7 @@ def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config
     total = OutboxResult()
     claimed = 0
     open_batches: list[_Batch] = []
+    layouts = KeyLayouts(mongo_db)  # read on the writer thread, where an outage is handled
 
     def claim_next() -> _Batch | None:
         nonlocal claimed
@@ -118,13 +120,14 @@ def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-write") as writer:
             current = claim_next()
             if current is not None:
-                current.writing = writer.submit(_write_batch, mongo_db, current)
+                current.writing = writer.submit(_write_batch, mongo_db, current, layouts)
             while current is not None:
                 following = claim_next()
                 assert current.writing is not None
                 unreachable = current.writing.result()
                 if following is not None and not unreachable:
-                    following.writing = writer.submit(_write_batch, mongo_db, following)
+                    following.writing = writer.submit(_write_batch, mongo_db, following,
+                                                      layouts)
                 result = _record(current.conn, settings, current.outcomes, current.stamp,
                                  secrets)
                 current.close(commit=True)
@@ -173,13 +176,14 @@ def plan_batch(config: ReconConfig, messages: Sequence[OutboxMessage],
     return _supersede(plans, outcomes)
 
 
-def _write_batch(mongo_db: Database[dict[str, Any]], batch: _Batch) -> bool:
+def _write_batch(mongo_db: Database[dict[str, Any]], batch: _Batch,
+                 layouts: KeyLayouts) -> bool:
     """The MongoDB phase (on the writer thread); True when MongoDB was unreachable. A
     connection failure ends it: the first message of the entity being written is charged,
     and nothing else of the batch is recorded."""
     for share in batch.shares:
         try:
-            deliver_entity(mongo_db, share, batch.outcomes)
+            deliver_entity(mongo_db, share, batch.outcomes, layouts)
         except ConnectionFailure as error:
             detail = str(error).split(", Timeout:")[0].split("\n")[0]
             batch.outcomes = BatchOutcomes(
@@ -226,12 +230,20 @@ def _record(conn: sa.Connection, settings: OutboxSettings, outcomes: BatchOutcom
         failures.append(FailedDelivery(plan.message.id, status, attempts, error, due))
     for message, error in outcomes.invalid:
         failures.append(FailedDelivery(message.id, "dead", message.attempts + 1, error, now))
+    for plan, error in outcomes.deferred:
+        # Not the message's fault (a missing unique index): no attempt is charged, and it
+        # waits one backoff step so that this run does not claim it again and again.
+        attempts = plan.message.attempts
+        due = now + timedelta(seconds=backoff_seconds(max(attempts, 1), settings))
+        failures.append(FailedDelivery(plan.message.id, "failed", attempts,
+                                       _error_text(error, secrets), due))
     mark_failed(conn, failures)
     _track_sync(conn, delivered, outcomes.failed, now)
     exhausted = sum(f.status == "dead" for f in failures) - len(outcomes.invalid)
     return OutboxResult(
         attempted=len(delivered) + len(failures), sent=len(delivered),
-        failed=len(outcomes.failed) - exhausted, dead=len(outcomes.invalid) + exhausted,
+        failed=len(outcomes.failed) + len(outcomes.deferred) - exhausted,
+        dead=len(outcomes.invalid) + exhausted,
         stale=len(outcomes.stale))
 
 

@@ -20,7 +20,7 @@ from pymongo.errors import BulkWriteError
 
 from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
 from recon_pipeline.engine.mapping import EntityMapping, ReconConfig
-from recon_pipeline.engine.normalize import ValueCoercionError, coerce_source_value
+from recon_pipeline.engine.normalize import ValueCoercionError, coerce_source_value, key_of
 from recon_pipeline.engine.projection import (
     WriteOp,
     delete_ops,
@@ -34,7 +34,13 @@ from recon_pipeline.stores import reports
 from recon_pipeline.stores.mongo import write_concern_failure
 from recon_pipeline.stores.reports import MismatchRow
 from recon_pipeline.stores.source import fetch_rows, mark_sync
-from recon_pipeline.stores.target import TargetRecord, TargetSnapshot, fetch_targets
+from recon_pipeline.stores.target import (
+    KeyForms,
+    KeyLayouts,
+    TargetRecord,
+    TargetSnapshot,
+    fetch_targets,
+)
 
 Outcome = tuple[int, str, str | None]  # (mismatch id, repair_status, repair_error)
 
@@ -64,7 +70,9 @@ def _orphan_parent(entity: EntityMapping, row: MismatchRow) -> Any:
     embedded = entity.target.embedded
     if embedded is None or not row.fields:
         return None
-    return (row.fields.get(embedded.parent_key) or {}).get("target")
+    # stored as JSON: a UUID parent as its string, back in the source's terms here
+    return key_of((row.fields.get(embedded.parent_key) or {}).get("target"),
+                  entity.parent_key_kind)
 
 
 def _record_for(entity: EntityMapping, snapshot: TargetSnapshot, key: Any,
@@ -74,7 +82,7 @@ def _record_for(entity: EntityMapping, snapshot: TargetSnapshot, key: Any,
 
 def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
                  sources: dict[Any, dict[str, Any]], snapshot: TargetSnapshot,
-                 delete_orphans: bool) -> _Plan:
+                 delete_orphans: bool, forms: KeyForms) -> _Plan:
     plan = _Plan()
     embedded = entity.target.embedded
     for mismatch in rows:
@@ -105,7 +113,8 @@ def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
             plan.outcomes.append((mismatch.id, "resolved", None))
             continue
         presence = presence_in(snapshot, entity, key, parent)
-        plan.write(mismatch.id, upsert_ops(entity, source, presence), key, source, parent)
+        plan.write(mismatch.id, upsert_ops(entity, source, presence, forms), key, source,
+                   parent)
     return plan
 
 
@@ -184,11 +193,15 @@ def _read_group(engine: sa.Engine, entity: EntityMapping,
                   fetch_rows(engine, entity, keys), bad)
 
 
-def _repair_group(db: Database[dict[str, Any]], group: _Group,
-                  delete_orphans: bool) -> tuple[list[Outcome], list[Any]]:
+def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: bool,
+                  layouts: KeyLayouts) -> tuple[list[Outcome], list[Any]]:
     """Re-read the targets, write, verify. Returns the outcomes and the keys of the source
-    rows now verified in MongoDB."""
+    rows now verified in MongoDB. Without the unique index its key needs, an entity's
+    repairs all fail, naming the index: nothing of it is written."""
     entity, rows = group.entity, group.rows
+    layout = layouts.of(entity)
+    if layout.missing_index is not None:
+        return group.bad + [(m.id, "failed", layout.missing_index) for m in rows], []
     embedded = entity.target.embedded
     parents = None
     if embedded:
@@ -196,7 +209,7 @@ def _repair_group(db: Database[dict[str, Any]], group: _Group,
         parents += [_orphan_parent(entity, m) for m in rows
                     if m.kind == MismatchKind.ORPHAN_IN_MONGO]
     before = fetch_targets(db, entity, group.keys, parents)
-    plan = _plan_entity(entity, rows, group.sources, before, delete_orphans)
+    plan = _plan_entity(entity, rows, group.sources, before, delete_orphans, layout.forms)
     failures = _write(db, entity, plan)
     after = fetch_targets(db, entity, [k for k, _, _ in plan.written.values()], parents)
     outcomes = group.bad + plan.outcomes + _verify(entity, plan, after, failures)
@@ -223,6 +236,7 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
     stops the batch once the groups before it are recorded."""
     if not groups:
         return
+    layouts = KeyLayouts(db)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-repair") as postgres:
         reading = postgres.submit(_read_group, engine, *groups[0])
         recording: Future[None] | None = None
@@ -230,7 +244,7 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
             group = reading.result()
             if index + 1 < len(groups):
                 reading = postgres.submit(_read_group, engine, *groups[index + 1])
-            outcomes, repaired = _repair_group(db, group, delete_orphans)
+            outcomes, repaired = _repair_group(db, group, delete_orphans, layouts)
             if recording is not None:
                 recording.result()
             recording = postgres.submit(_record, engine, group.entity, outcomes, repaired,

@@ -19,6 +19,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
+from recon_pipeline.engine.extract import STRAY_KEY
 from recon_pipeline.engine.mapping import EntityMapping, ReconConfig
 from recon_pipeline.engine.normalize import ValueCoercionError, coerce_source_value, key_of
 from recon_pipeline.engine.projection import (
@@ -86,6 +87,12 @@ def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
     plan = _Plan()
     embedded = entity.target.embedded
     for mismatch in rows:
+        if mismatch.fields and STRAY_KEY in mismatch.fields:
+            stray = mismatch.fields[STRAY_KEY]["target"]
+            plan.outcomes.append((mismatch.id, "reported",
+                                  f"key of type {stray}: no source row can have it, so it "
+                                  f"is not deleted automatically"))
+            continue
         key = typed_key(entity, mismatch.record_key)
         source = sources.get(key)
         orphan_parent = _orphan_parent(entity, mismatch)
@@ -184,6 +191,8 @@ def _read_group(engine: sa.Engine, entity: EntityMapping,
     keys: list[Any] = []
     bad: list[Outcome] = []
     for mismatch in rows:
+        if mismatch.fields and STRAY_KEY in mismatch.fields:
+            continue  # its text is not its key; planning reports it
         try:
             keys.append(typed_key(entity, mismatch.record_key))
         except ValueCoercionError as error:

@@ -27,10 +27,15 @@ import recon_pipeline
 from recon_pipeline.cli import main
 from recon_pipeline.definitions import defs
 from recon_pipeline.engine.mapping import MappingError, load_mapping
-from recon_pipeline.stores import reports
+from recon_pipeline.stores import reports, schema
 from recon_pipeline.stores.target import ensure_target_indexes
 from recon_pipeline_tests.conftest import ServerUrls
-from recon_pipeline_tests.dagster_support import SEED_NOW, WINDOW_END, WINDOW_START, test_resources
+from recon_pipeline_tests.dagster_support import (
+    SEED_NOW,
+    WINDOW_END,
+    WINDOW_START,
+    test_resources,
+)
 
 NAMESPACE = uuid.UUID("6f1c2a8e-0000-4000-8000-000000000000")
 ROWS = 20
@@ -160,8 +165,8 @@ def create_tables(engine: sa.Engine, case: Case) -> None:
             " sku text not null, qty integer not null, updated_at timestamptz not null)"))
 
 
-def seed(engine: sa.Engine, mongo: Database[Any], case: Case, mapping: Path
-         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def seed(engine: sa.Engine, mongo: Database[Any], case: Case, mapping: Path, *,
+         unique_index: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Source rows and drifted documents; returns (product rows, line item rows)."""
     create_tables(engine, case)
     products = [product_row(case, i) for i in range(ROWS)]
@@ -193,7 +198,7 @@ def seed(engine: sa.Engine, mongo: Database[Any], case: Case, mapping: Path
             case.order_key_field: stored(order_key(case, p), case.binary),
             "customer": f"customer {p}", "items": elements[::-1]}, 200 + p))
     mongo.orders.insert_many(orders)
-    if case.natural:  # what `db init` does for a natural key
+    if case.natural and unique_index:  # what `db init` does for a natural key
         ensure_target_indexes(mongo, load_mapping(mapping, engine).entities)
     return products, items
 
@@ -225,7 +230,8 @@ def without_object_id(case: Case, doc: dict[str, Any]) -> dict[str, Any]:
 
 def assert_mongo_holds_exactly(mongo: Database[Any], case: Case,
                                products: list[dict[str, Any]],
-                               items: list[dict[str, Any]]) -> None:
+                               items: list[dict[str, Any]], *,
+                               unmapped_kept: bool = True) -> None:
     docs = [without_object_id(case, d) for d in mongo.products.find()]
     by_key = {repr(d[case.product_key_field]): d for d in docs}
     assert len(by_key) == len(docs) == ROWS  # no duplicates, orphans gone
@@ -239,7 +245,8 @@ def assert_mongo_holds_exactly(mongo: Database[Any], case: Case,
         expected = sorted((item_element(case, r) for j, r in enumerate(items)
                            if j % ORDERS == p), key=repr)
         assert sorted(doc["items"], key=repr) == expected
-        assert doc.get("customer") == (None if p == ABSENT_ORDER else f"customer {p}")
+        kept = unmapped_kept and p != ABSENT_ORDER  # unmapped fields are never touched
+        assert doc.get("customer") == (f"customer {p}" if kept else None)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -273,3 +280,212 @@ def test_key_matrix_drift_is_found_repaired_and_then_clean(
     assert (row["mismatches_found"], row["records_checked"], row["status"]) == (
         0, 2 * ROWS, "success")
     assert_mongo_holds_exactly(mongo_db, case, products, items)
+
+
+def mismatch_rows(engine: sa.Engine, report_id: int) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "select entity, kind, record_key, repair_status, repair_error"
+            " from reconciliation_mismatches where report_id = :r order by id"),
+            {"r": report_id})]
+
+
+def snapshot(mongo: Database[Any]) -> dict[str, list[dict[str, Any]]]:
+    return {name: sorted(mongo[name].find(), key=repr) for name in ("products", "orders")}
+
+
+def test_an_empty_collection_gets_uuid_keys_as_canonical_strings(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path
+) -> None:
+    case = Case("uuid", "uuid", natural=False)
+    mapping = write_mapping(tmp_path, case)
+    products, items = seed(pg_engine, mongo_db, case, mapping)
+    mongo_db.products.delete_many({})
+    mongo_db.orders.delete_many({})
+    assert execute(pg_url, mongo_db, mapping).success
+    row = latest_report(pg_engine)
+    assert (row["missing_in_mongo"], row["field_mismatches"], row["orphans_in_mongo"],
+            row["repaired"], row["status"]) == (2 * ROWS, 0, 0, 2 * ROWS, "success")
+    assert_mongo_holds_exactly(mongo_db, case, products, items, unmapped_kept=False)
+    assert mongo_db.products.count_documents({"_id": {"$type": "string"}}) == ROWS
+    assert mongo_db.orders.count_documents({"items.line_id": {"$type": "binData"}}) == 0
+
+
+def test_documents_created_in_a_bson_uuid_collection_carry_bson_uuids(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path
+) -> None:
+    case = Case("uuid", "uuid", natural=True, binary=True)
+    mapping = write_mapping(tmp_path, case)
+    products, items = seed(pg_engine, mongo_db, case, mapping)
+    assert execute(pg_url, mongo_db, mapping).success
+    assert latest_report(pg_engine)["repaired"] == EXPECTED["repaired"]
+    assert mongo_db.products.count_documents({"code": {"$type": "binData"}}) == ROWS
+    assert mongo_db.orders.count_documents({"order_no": {"$type": "binData"}}) == ORDERS
+    created = mongo_db.orders.find_one({"order_no": order_key(case, ABSENT_ORDER)})
+    assert created is not None and isinstance(created["_id"], ObjectId)
+    assert all(isinstance(e["line_id"], uuid.UUID) for e in created["items"])
+
+
+STRAYS = [ObjectId("0123456789abcdef01234567"), 5, uuid.UUID(int=7)]
+
+
+@pytest.mark.parametrize("full_scan", [True, False], ids=["full_scan", "window"])
+def test_strays_of_another_key_type_are_orphans_in_every_chunk_plan(
+    full_scan: bool, pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
+    tmp_path: Path
+) -> None:
+    """String `_id`s plus an ObjectId, an int and a BSON UUID: type-bracketed range
+    queries would hide them from every bounded chunk; they are orphans, reported (their
+    key's text is not their key, so they are never deleted through it)."""
+    case = Case("text", "integer", natural=False)
+    mapping = write_mapping(tmp_path, case, chunk_size=3)
+    products, items = seed(pg_engine, mongo_db, case, mapping)
+    mongo_db.products.insert_many([{**product_doc(case, product_row(case, 150)), "_id": key}
+                                   for key in STRAYS])
+    options = {"full_scan": True} if full_scan else {}
+    assert execute(pg_url, mongo_db, mapping, **options).success
+    row = latest_report(pg_engine)
+    assert (row["missing_in_mongo"], row["field_mismatches"], row["orphans_in_mongo"],
+            row["repaired"], row["status"]) == (7, 4, 3 + 3, 14, "needs_attention")
+    reported = [r for r in mismatch_rows(pg_engine, row["id"]) if r[3] == "reported"]
+    assert sorted(r[2] for r in reported) == sorted(str(k) for k in STRAYS)
+    assert {r[4].split(":")[0] for r in reported} == {
+        "key of type ObjectId", "key of type int", "key of type UUID"}
+    assert sorted(repr(d["_id"]) for d in mongo_db.products.find({"_id": {"$in": STRAYS}})
+                  ) == sorted(repr(k) for k in STRAYS)
+    mongo_db.products.delete_many({"_id": {"$in": STRAYS}})
+    assert_mongo_holds_exactly(mongo_db, case, products, items)
+
+
+def test_without_the_unique_index_a_run_writes_nothing_and_names_the_index(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path
+) -> None:
+    case = Case("integer", "text", natural=True)
+    mapping = write_mapping(tmp_path, case)
+    seed(pg_engine, mongo_db, case, mapping, unique_index=False)
+    before = snapshot(mongo_db)
+    assert execute(pg_url, mongo_db, mapping).success
+    row = latest_report(pg_engine)
+    assert (row["mismatches_found"], row["repaired"], row["repair_failed"], row["status"]) == (
+        14, 0, 14, "needs_attention")
+    errors = {(r[0], r[3], r[4]) for r in mismatch_rows(pg_engine, row["id"])}
+    assert errors == {
+        ("products", "failed", "no unique index on products.code: run `recon-pipeline db "
+                               "init` or create it (createIndex({code: 1}, {unique: true}))"),
+        ("line_items", "failed", "no unique index on orders.order_no: run `recon-pipeline db "
+                                 "init` or create it (createIndex({order_no: 1}, "
+                                 "{unique: true}))")}
+    assert snapshot(mongo_db) == before
+
+
+def cli_env(monkeypatch: pytest.MonkeyPatch, servers: ServerUrls, pg_url: str,
+            mongo_db: Database[Any], mapping: Path) -> None:
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    monkeypatch.setenv("MONGODB_URL", servers.mongodb_url)
+    monkeypatch.setenv("MONGODB_DATABASE", mongo_db.name)
+    monkeypatch.setenv("RECON_CONFIG", str(mapping))
+
+
+def test_db_init_creates_the_unique_index_on_a_natural_key(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path,
+    servers: ServerUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = Case("uuid", "integer", natural=True)
+    mapping = write_mapping(tmp_path, case)
+    seed(pg_engine, mongo_db, case, mapping, unique_index=False)
+    cli_env(monkeypatch, servers, pg_url, mongo_db, mapping)
+    assert main(["db", "init"]) == 0
+    assert main(["db", "init"]) == 0  # a second time: nothing to do
+    for collection, field in (("products", "code"), ("orders", "order_no")):
+        [index] = [i for i in mongo_db[collection].list_indexes() if list(i["key"]) == [field]]
+        assert index["unique"] is True
+    assert execute(pg_url, mongo_db, mapping).success
+    assert latest_report(pg_engine)["repaired"] == EXPECTED["repaired"]
+
+
+def test_db_init_fails_naming_the_duplicate_keys(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path,
+    servers: ServerUrls, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = Case("text", "integer", natural=True)
+    mapping = write_mapping(tmp_path, case)
+    seed(pg_engine, mongo_db, case, mapping, unique_index=False)
+    mongo_db.products.insert_many([{"code": "b004", "name": "copy"},
+                                   {"code": "b004", "name": "copy"}])
+    before = snapshot(mongo_db)
+    cli_env(monkeypatch, servers, pg_url, mongo_db, mapping)
+    assert main(["db", "init"]) == 1
+    error = capsys.readouterr().err
+    assert ("recon-pipeline: error: mapping entity 'products': cannot create a unique index "
+            "on products.code: duplicate keys 'b004'") in error
+    assert [i["name"] for i in mongo_db.products.list_indexes()] == ["_id_"]
+    assert snapshot(mongo_db) == before
+
+
+def outbox_upsert(engine: sa.Engine, row: dict[str, Any]) -> int:
+    payload = {**row, "id": str(row["id"]), "price": str(row["price"]),
+               "updated_at": row["updated_at"].isoformat()}
+    with engine.begin() as conn:
+        conn.execute(sa.text("insert into products values (:id, :name, :price, :updated_at)"),
+                     row)
+        return int(conn.execute(
+            sa.insert(schema.outbox_messages).returning(schema.outbox_messages.c.id),
+            {"aggregate_type": "products", "aggregate_id": str(row["id"]),
+             "operation": "upsert", "payload": payload}).scalar_one())
+
+
+def outbox_state(engine: sa.Engine, message_id: int) -> tuple[Any, ...]:
+    with engine.connect() as conn:
+        return tuple(conn.execute(sa.text(
+            "select status, attempts, last_error, next_attempt_at > now() from outbox_messages"
+            " where id = :id"), {"id": message_id}).one())
+
+
+@pytest.mark.parametrize("unique_index", [True, False], ids=["indexed", "no_index"])
+def test_outbox_upserts_by_a_natural_uuid_key(
+    unique_index: bool, pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
+    tmp_path: Path
+) -> None:
+    """Delivered in the collection's form; without the unique index left due with the
+    index named and no attempt charged (a missing index is not the message's fault)."""
+    case = Case("uuid", "uuid", natural=True, binary=True)
+    mapping = write_mapping(tmp_path, case)
+    seed(pg_engine, mongo_db, case, mapping, unique_index=unique_index)
+    new = product_row(case, 300)
+    message_id = outbox_upsert(pg_engine, new)
+    before = snapshot(mongo_db)
+    assert execute(pg_url, mongo_db, mapping).success
+    row = latest_report(pg_engine)
+    if unique_index:
+        assert (row["outbox_attempted"], row["outbox_sent"], row["outbox_failed"]) == (1, 1, 0)
+        assert outbox_state(pg_engine, message_id)[:3] == ("sent", 0, None)
+        [doc] = mongo_db.products.find({"code": new["id"]})
+        assert without_object_id(case, doc) == product_doc(case, new)
+        assert row["records_checked"] == 2 * ROWS + 1
+        assert row["repaired"] == EXPECTED["repaired"]
+    else:
+        assert (row["outbox_attempted"], row["outbox_sent"], row["outbox_failed"],
+                row["outbox_dead"]) == (1, 0, 1, 0)
+        assert outbox_state(pg_engine, message_id) == (
+            "failed", 0, "no unique index on products.code: run `recon-pipeline db init` or "
+                         "create it (createIndex({code: 1}, {unique: true}))", True)
+        assert snapshot(mongo_db) == before
+
+
+@pytest.mark.parametrize(("column", "shown"), [
+    ("price", "NUMERIC(10, 2)"), ("updated_at", "TIMESTAMP"), ("flag", "BOOLEAN")])
+def test_mapping_rejects_a_key_of_another_type(
+    column: str, shown: str, pg_engine: sa.Engine, tmp_path: Path
+) -> None:
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("create table products (id integer, name text, flag boolean,"
+                             " price numeric(10, 2), updated_at timestamptz)"))
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"entities": {"products": {
+        "source": {"table": "products", "key": column, "updated_at": "updated_at"},
+        "target": {"collection": "products"}, "fields": {"name": "name"}}}}))
+    with pytest.raises(MappingError) as error:
+        load_mapping(path, pg_engine)
+    assert str(error.value).endswith(
+        f"mapping entity 'products': key column '{column}' has type {shown}; a key must be "
+        f"text/varchar, smallint, integer, bigint or uuid")

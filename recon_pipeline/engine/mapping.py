@@ -184,9 +184,13 @@ class _EntityBinder:
                 raise self.fail("source 'sync_tracking' must be a mapping")
             sync = SyncTracking(*(self.column(table, self.require(tracking, k, "sync_tracking"))
                                   for k in ("status", "synced_at", "error")))
+        key = self.require(raw, "key", "source")
+        if isinstance(key, list):
+            raise self.fail(f"source key {key} must be one column (composite keys are not "
+                            f"supported: map a unique column)")
         return SourceSpec(
             table=table,
-            key=self.column(table, self.require(raw, "key", "source")),
+            key=self.column(table, key),
             updated_at=self.column(table, self.require(raw, "updated_at", "source")),
             sync_tracking=sync,
         )

@@ -26,7 +26,9 @@ from pymongo.database import Database
 import recon_pipeline
 from recon_pipeline.cli import main
 from recon_pipeline.definitions import defs
+from recon_pipeline.engine.extract import AccessPath, plan_entity
 from recon_pipeline.engine.mapping import MappingError, load_mapping
+from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.stores import reports, schema
 from recon_pipeline.stores.target import ensure_target_indexes
 from recon_pipeline_tests.conftest import ServerUrls
@@ -70,12 +72,15 @@ class Case:
     parent_type: str  # line_items.order_id: the orders document key
     natural: bool  # target key: a natural field beside an ObjectId `_id`, or `_id`
     binary: bool = False  # UUIDs already stored as BSON UUIDs in the collections
+    # 100 more products, older than the window: the window is sparse, and products are
+    # compared through `$in` look-ups and the `updated_at` orphan query, not a scan
+    sparse: bool = False
 
     @property
     def id(self) -> str:
         form = "natural" if self.natural else "_id"
         return (f"{self.key_type}{'(bson)' if self.binary else ''}-{form}"
-                f"-parent_{self.parent_type}")
+                f"-parent_{self.parent_type}{'-sparse' if self.sparse else ''}")
 
     @property
     def product_key_field(self) -> str:
@@ -91,6 +96,9 @@ PARENTS = {"text": "integer", "smallint": "text", "integer": "uuid", "bigint": "
            "uuid": "uuid"}
 CASES = [Case(t, PARENTS[t], natural) for t in SQL_TYPES for natural in (False, True)]
 CASES += [Case("uuid", "uuid", natural, binary=True) for natural in (False, True)]
+CASES += [Case("text", "integer", False, sparse=True), Case("bigint", "text", True, sparse=True),
+          Case("uuid", "uuid", True, binary=True, sparse=True)]
+OLD_ROWS = range(400, 500)
 
 # The drift: rows by index.
 PRODUCTS_MISSING, PRODUCTS_MISMATCHED, PRODUCT_ORPHANS = {0, 7, 13}, {2, 11}, (100, 101)
@@ -170,6 +178,9 @@ def seed(engine: sa.Engine, mongo: Database[Any], case: Case, mapping: Path, *,
     """Source rows and drifted documents; returns (product rows, line item rows)."""
     create_tables(engine, case)
     products = [product_row(case, i) for i in range(ROWS)]
+    if case.sparse:
+        products += [{**product_row(case, i), "updated_at": WINDOW_START - timedelta(days=1)}
+                     for i in OLD_ROWS]
     items = [item_row(case, j) for j in range(ROWS)]
     with engine.begin() as conn:
         conn.execute(sa.text("insert into products values (:id, :name, :price, :updated_at)"),
@@ -177,13 +188,14 @@ def seed(engine: sa.Engine, mongo: Database[Any], case: Case, mapping: Path, *,
         conn.execute(sa.text(
             "insert into line_items values (:id, :order_id, :sku, :qty, :updated_at)"), items)
     documents = []
-    for i, row in enumerate(products):
+    for i, row in enumerate(products):  # the old rows of a sparse case are in sync
         if i in PRODUCTS_MISSING:
             continue
         doc = product_doc(case, {**row, "name": "wrong"} if i in PRODUCTS_MISMATCHED else row)
         documents.append(with_object_id(case, doc, i))
     for i in PRODUCT_ORPHANS:
-        documents.append(with_object_id(case, product_doc(case, product_row(case, i)), i))
+        documents.append(with_object_id(case, product_doc(case, product_row(case, i)),
+                                        1000 + i))
     mongo.products.insert_many(documents[::-1])  # insertion order is not key order
     orders = []
     for p in range(ORDERS):
@@ -234,7 +246,7 @@ def assert_mongo_holds_exactly(mongo: Database[Any], case: Case,
                                unmapped_kept: bool = True) -> None:
     docs = [without_object_id(case, d) for d in mongo.products.find()]
     by_key = {repr(d[case.product_key_field]): d for d in docs}
-    assert len(by_key) == len(docs) == ROWS  # no duplicates, orphans gone
+    assert len(by_key) == len(docs) == len(products)  # no duplicates, orphans gone
     for row in products:
         assert by_key[repr(stored(row["id"], case.binary))] == product_doc(case, row)
     orders = [without_object_id(case, d) for d in mongo.orders.find()]
@@ -255,6 +267,10 @@ def test_key_matrix_drift_is_found_repaired_and_then_clean(
 ) -> None:
     mapping = write_mapping(tmp_path, case)
     products, items = seed(pg_engine, mongo_db, case, mapping)
+    plan = plan_entity(pg_engine, load_mapping(mapping, pg_engine).entity("products"),
+                       RunWindow(WINDOW_START, WINDOW_END), chunk_size=7)
+    assert {c.access for c in plan} == {AccessPath.LOOKUP if case.sparse else AccessPath.SCAN}
+    assert len(plan) == 3  # bounded chunks: first, middle, last
 
     first = execute(pg_url, mongo_db, mapping)
     assert first.success

@@ -207,25 +207,28 @@ _KEY_TYPES = {ValueKind.TEXT: ["string"], ValueKind.INTEGER: ["number"],
 
 def _scan_queries(entity: EntityMapping, lower: Any, upper: Any) -> list[Document]:
     """The queries whose sorted cursors, merged by `order_key`, give the chunk's
-    documents in the merge-join's order: one per stored form of the key (a UUID's string
-    and BSON forms sort apart in MongoDB), plus the strays in the first chunk."""
+    documents in the merge-join's order, strays included in the first chunk. One query
+    (MongoDB's own cross-type order is the merge order), except for UUID keys: their
+    string and BSON forms sort apart in MongoDB, so each form has its cursor."""
     kind, field = _document_kind(entity), entity.target.key
     types = _KEY_TYPES.get(kind, ["string"])
     present = {} if field == "_id" else {field: {"$ne": None}}  # no key: not a record
     strays = {field: {"$ne": None, "$not": {"$type": types}}}
     if kind is not ValueKind.UUID and lower is None and upper is None:
-        return [present]  # one chunk: everything, in MongoDB's own cross-type order
-    queries = []
+        return [present]  # one chunk: everything
+    ranges = []
     for form in types:
-        bounds: dict[str, Any] = {"$type": form}
+        # Range operators are type-bracketed: a bound of the form's type keeps to it.
+        bounds: dict[str, Any] = {} if lower is not None or upper is not None else {
+            "$type": form}
         if lower is not None:
             bounds["$gt"] = _bound(lower, form)
         if upper is not None:
             bounds["$lte"] = _bound(upper, form)
-        queries.append({field: bounds})
-    if lower is None:
-        queries.append(strays)
-    return queries
+        ranges.append({field: bounds})
+    if kind is not ValueKind.UUID:
+        return [{"$or": [*ranges, strays]}] if lower is None else ranges
+    return [*ranges, strays] if lower is None else ranges
 
 
 def _bound(value: Any, form: str) -> Any:

@@ -145,7 +145,9 @@ def write_mapping(tmp_path: Path, case: Case, *, chunk_size: int = 7,
         "settings": {"chunk_size": chunk_size, "delete_orphans": delete_orphans},
         "entities": {
             "products": {
-                "source": {"table": "products", "key": "id", "updated_at": "updated_at"},
+                "source": {"table": "products", "key": "id", "updated_at": "updated_at",
+                           "sync_tracking": {"status": "sync_status", "synced_at": "synced_at",
+                                             "error": "sync_error"}},
                 "target": {"collection": "products", "key": case.product_key_field},
                 "fields": {"name": "name", "price": {"field": "price", "type": "decimal"},
                            "updated_at": "updated_at"}},
@@ -167,7 +169,8 @@ def create_tables(engine: sa.Engine, case: Case) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text(
             f"create table products (id {key} primary key, name text not null,"
-            " price numeric(10, 2) not null, updated_at timestamptz not null)"))
+            " price numeric(10, 2) not null, updated_at timestamptz not null,"
+            " sync_status text, synced_at timestamptz, sync_error text)"))
         conn.execute(sa.text(
             f"create table line_items (id {key} primary key, order_id {parent} not null,"
             " sku text not null, qty integer not null, updated_at timestamptz not null)"))
@@ -183,8 +186,8 @@ def seed(engine: sa.Engine, mongo: Database[Any], case: Case, mapping: Path, *,
                      for i in OLD_ROWS]
     items = [item_row(case, j) for j in range(ROWS)]
     with engine.begin() as conn:
-        conn.execute(sa.text("insert into products values (:id, :name, :price, :updated_at)"),
-                     products)
+        conn.execute(sa.text("insert into products (id, name, price, updated_at)"
+                             " values (:id, :name, :price, :updated_at)"), products)
         conn.execute(sa.text(
             "insert into line_items values (:id, :order_id, :sku, :qty, :updated_at)"), items)
     documents = []
@@ -289,6 +292,8 @@ def test_key_matrix_drift_is_found_repaired_and_then_clean(
         ("products", "missing_in_mongo", "repaired", 3),
         ("products", "orphan_in_mongo", "repaired", 2)]
     assert_mongo_holds_exactly(mongo_db, case, products, items)
+    repaired = {products[i]["id"] for i in PRODUCTS_MISSING | PRODUCTS_MISMATCHED}
+    assert synced_keys(pg_engine) == repaired  # sync marks found their rows by key
 
     second = execute(pg_url, mongo_db, mapping)
     assert second.success
@@ -296,6 +301,13 @@ def test_key_matrix_drift_is_found_repaired_and_then_clean(
     assert (row["mismatches_found"], row["records_checked"], row["status"]) == (
         0, 2 * ROWS, "success")
     assert_mongo_holds_exactly(mongo_db, case, products, items)
+
+
+def synced_keys(engine: sa.Engine) -> set[Any]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.text(
+            "select id from products where sync_status = 'synced' and synced_at is not null"
+            " and sync_error is null")).scalars())
 
 
 def mismatch_rows(engine: sa.Engine, report_id: int) -> list[tuple[Any, ...]]:
@@ -442,12 +454,20 @@ def outbox_upsert(engine: sa.Engine, row: dict[str, Any]) -> int:
     payload = {**row, "id": str(row["id"]), "price": str(row["price"]),
                "updated_at": row["updated_at"].isoformat()}
     with engine.begin() as conn:
-        conn.execute(sa.text("insert into products values (:id, :name, :price, :updated_at)"),
-                     row)
+        conn.execute(sa.text("insert into products (id, name, price, updated_at)"
+                             " values (:id, :name, :price, :updated_at)"), row)
         return int(conn.execute(
             sa.insert(schema.outbox_messages).returning(schema.outbox_messages.c.id),
             {"aggregate_type": "products", "aggregate_id": str(row["id"]),
              "operation": "upsert", "payload": payload}).scalar_one())
+
+
+def outbox_delete(engine: sa.Engine, key: Any) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(
+            sa.insert(schema.outbox_messages).returning(schema.outbox_messages.c.id),
+            {"aggregate_type": "products", "aggregate_id": str(key), "operation": "delete",
+             "payload": {"id": str(key)}}).scalar_one())
 
 
 def outbox_state(engine: sa.Engine, message_id: int) -> tuple[Any, ...]:
@@ -469,19 +489,29 @@ def test_outbox_upserts_by_a_natural_uuid_key(
     seed(pg_engine, mongo_db, case, mapping, unique_index=unique_index)
     new = product_row(case, 300)
     message_id = outbox_upsert(pg_engine, new)
+    orphan = make_key("uuid", PRODUCT_ORPHANS[0])
+    delete_id = outbox_delete(pg_engine, orphan)
     before = snapshot(mongo_db)
     assert execute(pg_url, mongo_db, mapping).success
     row = latest_report(pg_engine)
     if unique_index:
-        assert (row["outbox_attempted"], row["outbox_sent"], row["outbox_failed"]) == (1, 1, 0)
+        assert (row["outbox_attempted"], row["outbox_sent"], row["outbox_failed"]) == (2, 2, 0)
         assert outbox_state(pg_engine, message_id)[:3] == ("sent", 0, None)
+        assert outbox_state(pg_engine, delete_id)[:3] == ("sent", 0, None)
         [doc] = mongo_db.products.find({"code": new["id"]})
         assert without_object_id(case, doc) == product_doc(case, new)
-        assert row["records_checked"] == 2 * ROWS + 1
-        assert row["repaired"] == EXPECTED["repaired"]
-    else:
+        assert (row["records_checked"], row["orphans_in_mongo"], row["repaired"]) == (
+            2 * ROWS + 1, EXPECTED["orphans_in_mongo"] - 1, EXPECTED["repaired"] - 1)
+        assert mongo_db.products.count_documents({"code": orphan}) == 0
+        assert synced_keys(pg_engine) == {new["id"]} | {
+            make_key("uuid", i) for i in PRODUCTS_MISSING | PRODUCTS_MISMATCHED}
+    else:  # the delete needs no unique index: only the upsert waits
+        assert outbox_state(pg_engine, delete_id)[:3] == ("sent", 0, None)
+        assert mongo_db.products.count_documents({"code": orphan}) == 0
+        mongo_db.products.insert_one(next(d for d in before["products"]
+                                          if d["code"] == orphan))
         assert (row["outbox_attempted"], row["outbox_sent"], row["outbox_failed"],
-                row["outbox_dead"]) == (1, 0, 1, 0)
+                row["outbox_dead"]) == (2, 1, 1, 0)
         assert outbox_state(pg_engine, message_id) == (
             "failed", 0, "no unique index on products.code: run `recon-pipeline db init` or "
                          "create it (createIndex({code: 1}, {unique: true}))", True)
@@ -505,3 +535,31 @@ def test_mapping_rejects_a_key_of_another_type(
     assert str(error.value).endswith(
         f"mapping entity 'products': key column '{column}' has type {shown}; a key must be "
         f"text/varchar, smallint, integer, bigint or uuid")
+
+
+def test_uuid_keys_in_both_forms_in_one_collection_match_either(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path
+) -> None:
+    """Half the products keyed by canonical strings, half by BSON UUIDs (orphans and
+    mismatches in both): each form meets its row, in a scan of several chunks."""
+    case = Case("uuid", "integer", natural=False)
+    mapping = write_mapping(tmp_path, case, chunk_size=4)
+    products, items = seed(pg_engine, mongo_db, case, mapping)
+    for doc in list(mongo_db.products.find()):
+        key = uuid.UUID(doc["_id"])
+        if int(key.hex, 16) % 2:
+            mongo_db.products.delete_one({"_id": doc["_id"]})
+            mongo_db.products.insert_one({**doc, "_id": key})
+    forms = {type(d["_id"]) for d in mongo_db.products.find()}
+    assert forms == {str, uuid.UUID}
+    assert execute(pg_url, mongo_db, mapping, full_scan=True).success
+    row = latest_report(pg_engine)
+    assert {name: row[name] for name in EXPECTED} == EXPECTED
+    docs = list(mongo_db.products.find())
+    assert len(docs) == ROWS
+    by_key = {uuid.UUID(str(d["_id"])): d for d in docs}
+    for product in products:
+        doc = by_key[product["id"]]
+        assert {**doc, "_id": str(doc["_id"])} == product_doc(case, product)
+    assert execute(pg_url, mongo_db, mapping, full_scan=True).success
+    assert latest_report(pg_engine)["mismatches_found"] == 0

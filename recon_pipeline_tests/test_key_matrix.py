@@ -357,15 +357,16 @@ def test_documents_created_in_a_bson_uuid_collection_carry_bson_uuids(
 STRAYS = [ObjectId("0123456789abcdef01234567"), 5, uuid.UUID(int=7)]
 
 
-@pytest.mark.parametrize("full_scan", [True, False], ids=["full_scan", "window"])
+@pytest.mark.parametrize(("full_scan", "sparse"), [(True, False), (False, False), (False, True)],
+                         ids=["full_scan", "window_scan", "window_lookup"])
 def test_strays_of_another_key_type_are_orphans_in_every_chunk_plan(
-    full_scan: bool, pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
-    tmp_path: Path
+    full_scan: bool, sparse: bool, pg_url: str, pg_engine: sa.Engine,
+    mongo_db: Database[Any], tmp_path: Path
 ) -> None:
     """String `_id`s plus an ObjectId, an int and a BSON UUID: type-bracketed range
     queries would hide them from every bounded chunk; they are orphans, reported (their
     key's text is not their key, so they are never deleted through it)."""
-    case = Case("text", "integer", natural=False)
+    case = Case("text", "integer", natural=False, sparse=sparse)
     mapping = write_mapping(tmp_path, case, chunk_size=3)
     products, items = seed(pg_engine, mongo_db, case, mapping)
     mongo_db.products.insert_many([{**product_doc(case, product_row(case, 150)), "_id": key}

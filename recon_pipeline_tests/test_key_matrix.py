@@ -564,3 +564,28 @@ def test_uuid_keys_in_both_forms_in_one_collection_match_either(
         assert {**doc, "_id": str(doc["_id"])} == product_doc(case, product)
     assert execute(pg_url, mongo_db, mapping, full_scan=True).success
     assert latest_report(pg_engine)["mismatches_found"] == 0
+
+
+@pytest.mark.parametrize(("source_key", "target", "fields", "message"), [
+    (["id", "name"], {"collection": "products"}, {"name": "name"},
+     "source key ['id', 'name'] must be one column (composite keys are not supported: map "
+     "a unique column)"),
+    ("id", {"collection": "products", "key": "meta.code"}, {"name": "name"},
+     "target key 'meta.code' must be '_id' or a top-level field name"),
+    ("id", {"collection": "products", "key": "code"}, {"name": "_id"},
+     "field 'name': target path '_id' is the key"),
+])
+def test_mapping_rejects_keys_it_cannot_follow(
+    source_key: Any, target: dict[str, Any], fields: dict[str, Any], message: str,
+    pg_engine: sa.Engine, tmp_path: Path
+) -> None:
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("create table products (id integer, name text,"
+                             " updated_at timestamptz)"))
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"entities": {"products": {
+        "source": {"table": "products", "key": source_key, "updated_at": "updated_at"},
+        "target": target, "fields": fields}}}))
+    with pytest.raises(MappingError) as error:
+        load_mapping(path, pg_engine)
+    assert str(error.value).endswith(f"mapping entity 'products': {message}")

@@ -271,7 +271,9 @@ class _EntityBinder:
         )
 
     def check_paths(self, fields: tuple[FieldMapping, ...], target: TargetSpec) -> None:
-        reserved = {target.key} if target.embedded is None else {target.embedded.element_key}
+        # `_id` is immutable: beside a natural key it is the application's, never ours
+        reserved = ({target.key, "_id"} if target.embedded is None
+                    else {target.embedded.element_key})
         seen: set[str] = set()
         for f in fields:
             if f.target in seen:

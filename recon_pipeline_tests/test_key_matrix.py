@@ -47,9 +47,9 @@ SQL_TYPES = {"text": "text", "smallint": "smallint", "integer": "integer", "bigi
 
 def make_key(sql_type: str, i: int) -> Any:
     """Deterministic keys that exercise each type's order: mixed-case and punctuated text
-    (byte order), negative small ints, int64 values beyond int32, UUIDs."""
+    (byte order, non-ASCII too), negative small ints, int64 values beyond int32, UUIDs."""
     if sql_type == "text":
-        return f"{'Ab_'[i % 3]}{i:03d}"
+        return f"{'Ab_é'[i % 4]}{i:03d}"
     if sql_type == "smallint":
         return i * 3 - 30
     if sql_type == "integer":
@@ -354,35 +354,47 @@ def test_documents_created_in_a_bson_uuid_collection_carry_bson_uuids(
     assert all(isinstance(e["line_id"], uuid.UUID) for e in created["items"])
 
 
-STRAYS = [ObjectId("0123456789abcdef01234567"), 5, uuid.UUID(int=7)]
+# Keys of a type the source key cannot hold, per key type (type names as reported).
+STRAYS = {
+    "text": {ObjectId("0123456789abcdef01234567"): "ObjectId", 5: "int",
+             uuid.UUID(int=7): "UUID"},
+    "integer": {ObjectId("0123456789abcdef01234567"): "ObjectId", "k005": "str",
+                2.5: "float"},
+    "uuid": {ObjectId("0123456789abcdef01234567"): "ObjectId", 5: "int",
+             "not-a-uuid": "str"},
+}
 
 
-@pytest.mark.parametrize(("full_scan", "sparse"), [(True, False), (False, False), (False, True)],
-                         ids=["full_scan", "window_scan", "window_lookup"])
+@pytest.mark.parametrize(("key_type", "full_scan", "sparse"), [
+    ("text", True, False), ("text", False, False), ("text", False, True),
+    ("integer", True, False), ("uuid", True, False), ("uuid", False, True)],
+    ids=["text-full_scan", "text-window_scan", "text-window_lookup", "integer-full_scan",
+         "uuid-full_scan", "uuid-window_lookup"])
 def test_strays_of_another_key_type_are_orphans_in_every_chunk_plan(
-    full_scan: bool, sparse: bool, pg_url: str, pg_engine: sa.Engine,
+    key_type: str, full_scan: bool, sparse: bool, pg_url: str, pg_engine: sa.Engine,
     mongo_db: Database[Any], tmp_path: Path
 ) -> None:
-    """String `_id`s plus an ObjectId, an int and a BSON UUID: type-bracketed range
-    queries would hide them from every bounded chunk; they are orphans, reported (their
+    """Keys of the source's type plus strays of other types: type-bracketed range queries
+    would hide the strays from every bounded chunk; they are orphans, reported (their
     key's text is not their key, so they are never deleted through it)."""
-    case = Case("text", "integer", natural=False, sparse=sparse)
+    case = Case(key_type, "integer", natural=False, sparse=sparse)
+    strays = STRAYS[key_type]
     mapping = write_mapping(tmp_path, case, chunk_size=3)
     products, items = seed(pg_engine, mongo_db, case, mapping)
     mongo_db.products.insert_many([{**product_doc(case, product_row(case, 150)), "_id": key}
-                                   for key in STRAYS])
+                                   for key in strays])
     options = {"full_scan": True} if full_scan else {}
     assert execute(pg_url, mongo_db, mapping, **options).success
     row = latest_report(pg_engine)
     assert (row["missing_in_mongo"], row["field_mismatches"], row["orphans_in_mongo"],
             row["repaired"], row["status"]) == (7, 4, 3 + 3, 14, "needs_attention")
     reported = [r for r in mismatch_rows(pg_engine, row["id"]) if r[3] == "reported"]
-    assert sorted(r[2] for r in reported) == sorted(str(k) for k in STRAYS)
-    assert {r[4].split(":")[0] for r in reported} == {
-        "key of type ObjectId", "key of type int", "key of type UUID"}
-    assert sorted(repr(d["_id"]) for d in mongo_db.products.find({"_id": {"$in": STRAYS}})
-                  ) == sorted(repr(k) for k in STRAYS)
-    mongo_db.products.delete_many({"_id": {"$in": STRAYS}})
+    assert sorted((r[2], r[4]) for r in reported) == sorted(
+        (str(key), f"key of type {name}: no source row can have it, so it is not deleted "
+                   f"automatically") for key, name in strays.items())
+    left = mongo_db.products.find({"_id": {"$in": list(strays)}})
+    assert sorted(repr(d["_id"]) for d in left) == sorted(repr(k) for k in strays)
+    mongo_db.products.delete_many({"_id": {"$in": list(strays)}})
     assert_mongo_holds_exactly(mongo_db, case, products, items)
 
 
@@ -439,14 +451,14 @@ def test_db_init_fails_naming_the_duplicate_keys(
     case = Case("text", "integer", natural=True)
     mapping = write_mapping(tmp_path, case)
     seed(pg_engine, mongo_db, case, mapping, unique_index=False)
-    mongo_db.products.insert_many([{"code": "b004", "name": "copy"},
-                                   {"code": "b004", "name": "copy"}])
+    mongo_db.products.insert_many([{"code": "A004", "name": "copy"},
+                                   {"code": "A004", "name": "copy"}])
     before = snapshot(mongo_db)
     cli_env(monkeypatch, servers, pg_url, mongo_db, mapping)
     assert main(["db", "init"]) == 1
     error = capsys.readouterr().err
     assert ("recon-pipeline: error: mapping entity 'products': cannot create a unique index "
-            "on products.code: duplicate keys 'b004'") in error
+            "on products.code: duplicate keys 'A004'") in error
     assert [i["name"] for i in mongo_db.products.list_indexes()] == ["_id_"]
     assert snapshot(mongo_db) == before
 

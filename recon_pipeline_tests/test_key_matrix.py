@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
-from bson import ObjectId
+from bson import Binary, Int64, ObjectId
 from bson.decimal128 import Decimal128
 from dagster import DagsterInstance, ExecuteInProcessResult
 from pymongo.database import Database
@@ -26,6 +26,7 @@ from pymongo.database import Database
 import recon_pipeline
 from recon_pipeline.cli import main
 from recon_pipeline.definitions import defs
+from recon_pipeline.engine.diff import order_key
 from recon_pipeline.engine.extract import AccessPath, plan_entity
 from recon_pipeline.engine.mapping import MappingError, load_mapping
 from recon_pipeline.engine.window import RunWindow
@@ -119,11 +120,11 @@ def product_row(case: Case, i: int) -> dict[str, Any]:
 
 
 def item_row(case: Case, j: int) -> dict[str, Any]:
-    return {"id": make_key(case.key_type, j + 40), "order_id": order_key(case, j % ORDERS),
+    return {"id": make_key(case.key_type, j + 40), "order_id": order_id_of(case, j % ORDERS),
             "sku": f"sku-{j}", "qty": j + 1, "updated_at": moment(j)}
 
 
-def order_key(case: Case, p: int) -> Any:
+def order_id_of(case: Case, p: int) -> Any:
     return make_key(case.parent_type, p + 60)
 
 
@@ -210,7 +211,7 @@ def seed(engine: sa.Engine, mongo: Database[Any], case: Case, mapping: Path, *,
         if p == 0:
             elements.append(item_element(case, item_row(case, ITEM_ORPHAN)))
         orders.append(with_object_id(case, {
-            case.order_key_field: stored(order_key(case, p), case.binary),
+            case.order_key_field: stored(order_id_of(case, p), case.binary),
             "customer": f"customer {p}", "items": elements[::-1]}, 200 + p))
     mongo.orders.insert_many(orders)
     if case.natural and unique_index:  # what `db init` does for a natural key
@@ -256,7 +257,7 @@ def assert_mongo_holds_exactly(mongo: Database[Any], case: Case,
     assert len(orders) == ORDERS
     for p in range(ORDERS):
         [doc] = [o for o in orders
-                 if o[case.order_key_field] == stored(order_key(case, p), case.binary)]
+                 if o[case.order_key_field] == stored(order_id_of(case, p), case.binary)]
         expected = sorted((item_element(case, r) for j, r in enumerate(items)
                            if j % ORDERS == p), key=repr)
         assert sorted(doc["items"], key=repr) == expected
@@ -349,7 +350,7 @@ def test_documents_created_in_a_bson_uuid_collection_carry_bson_uuids(
     assert latest_report(pg_engine)["repaired"] == EXPECTED["repaired"]
     assert mongo_db.products.count_documents({"code": {"$type": "binData"}}) == ROWS
     assert mongo_db.orders.count_documents({"order_no": {"$type": "binData"}}) == ORDERS
-    created = mongo_db.orders.find_one({"order_no": order_key(case, ABSENT_ORDER)})
+    created = mongo_db.orders.find_one({"order_no": order_id_of(case, ABSENT_ORDER)})
     assert created is not None and isinstance(created["_id"], ObjectId)
     assert all(isinstance(e["line_id"], uuid.UUID) for e in created["items"])
 
@@ -601,3 +602,16 @@ def test_mapping_rejects_keys_it_cannot_follow(
     with pytest.raises(MappingError) as error:
         load_mapping(path, pg_engine)
     assert str(error.value).endswith(f"mapping entity 'products': {message}")
+
+
+def test_order_key_is_the_servers_cross_type_sort_order(mongo_db: Database[Any]) -> None:
+    """The merge-join meets MongoDB's sorted cursor only if both sort alike. (UUIDs are
+    the one exception by design: they sort as their canonical string, and the scan reads
+    each stored form with its own cursor to give that order.)"""
+    keys = [None, -3, 2.5, Int64(2**40), Decimal128("7.5"), "", "A", "a", "é", "éa",
+            Binary(b"ab", 0), Binary(b"abc", 0), Binary(b"ab", 5),
+            ObjectId("0123456789abcdef01234567"), ObjectId("ff23456789abcdef01234567"),
+            False, True, datetime(2026, 1, 1, tzinfo=UTC)]
+    mongo_db.order.insert_many([{"k": key, "n": n} for n, key in enumerate(keys)])
+    served = [d["n"] for d in mongo_db.order.find({}, sort=[("k", 1), ("n", 1)])]
+    assert served == sorted(range(len(keys)), key=lambda n: order_key(keys[n]))

@@ -27,7 +27,7 @@ from recon_pipeline.masking import mask_text, mask_url
 from recon_pipeline.stores.mongo import MongoUnavailable, connect_database
 from recon_pipeline.stores.postgres import DatabaseUnavailable, connect_engine
 from recon_pipeline.stores.schema import init_schema
-from recon_pipeline.stores.target import ensure_target_indexes
+from recon_pipeline.stores.target import KeyIndexError, ensure_target_indexes
 
 
 def _print(text: str = "") -> None:
@@ -205,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, env)
     except UsageError as error:
         return _fail(str(error), env, EXIT_USAGE)
-    except (DatabaseUnavailable, MongoUnavailable, embedded.EmbeddedServerError) as error:
+    except (DatabaseUnavailable, MongoUnavailable, KeyIndexError,
+            embedded.EmbeddedServerError) as error:
         return _fail(str(error), env, EXIT_FAILED)
     except Exception as error:  # noqa: BLE001 - last line of defence: never leak a secret
         return _fail(f"{type(error).__name__}: {error}", env, EXIT_FAILED)

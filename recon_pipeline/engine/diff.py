@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from bson.decimal128 import Decimal128
+from bson.objectid import ObjectId
 
 from recon_pipeline.engine.mapping import EntityMapping
 from recon_pipeline.engine.normalize import MISSING, values_equal
@@ -51,7 +52,7 @@ def json_value(value: Any) -> Any:
         return str(value)
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
-    if isinstance(value, uuid.UUID | bytes):
+    if isinstance(value, uuid.UUID | bytes | ObjectId):
         return str(value)
     if isinstance(value, Mapping):
         return {str(k): json_value(v) for k, v in value.items()}
@@ -100,21 +101,31 @@ def judge(entity: EntityMapping, row: Mapping[str, Any] | None,
 
 # --- merge-join ---------------------------------------------------------------------------
 
-_TYPE_RANK = {type(None): 0, int: 1, float: 1, Decimal: 1, str: 2, dict: 3, list: 4,
-              bytes: 5, bool: 8, dt.datetime: 9}
+_TYPE_RANK = {type(None): 0, float: 1, Decimal: 1, str: 2, dict: 3, list: 4, bool: 8,
+              dt.datetime: 9}
 
 
 def order_key(value: Any) -> tuple[Any, ...]:
-    """MongoDB's cross-type sort order (numbers before strings, ...), so keys of mixed
-    types in a collection merge in the order the server returns them."""
+    """MongoDB's cross-type sort order (numbers before strings before BSON binary before
+    ObjectId, ...), so keys of mixed types in a collection merge in the order the server
+    returns them. A UUID sorts as its canonical string: the target is read so that both of
+    its forms arrive in that order (stores/target.py)."""
     value_type = type(value)
-    if value_type is int:
-        return (1, value)
     if value_type is str:
         return (2, value)
-    if isinstance(value, tuple):
+    if value_type is tuple:
         return tuple(order_key(v) for v in value)
-    rank = _TYPE_RANK.get(type(value), 6)
+    if isinstance(value, int) and value_type is not bool:  # Int64 too
+        return (1, int(value))
+    if value_type is uuid.UUID:
+        return (2, str(value))
+    if value_type is ObjectId:
+        return (7, value.binary)
+    if isinstance(value, Decimal128):
+        return (1, value.to_decimal())
+    if isinstance(value, bytes):  # bson Binary: length, subtype, then bytes
+        return (5, len(value), getattr(value, "subtype", 0), bytes(value))
+    rank = _TYPE_RANK.get(value_type, 6)
     return (rank, value if rank in (1, 2, 9) else repr(value))
 
 

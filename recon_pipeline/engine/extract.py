@@ -29,6 +29,7 @@ from recon_pipeline.engine.diff import (
     order_key,
 )
 from recon_pipeline.engine.mapping import EntityMapping, ReconConfig
+from recon_pipeline.engine.normalize import is_key
 from recon_pipeline.engine.prefetch import prefetched
 from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.stores import reports
@@ -45,6 +46,7 @@ from recon_pipeline.stores.target import (
 # per side: cheaper than many `$in` lookups once most documents are wanted anyway.
 DENSE_FRACTION = 0.2
 FLUSH_EVERY = 1000
+STRAY_KEY = "$key_type"  # in an orphan's `fields`: its key's type, when a stray's
 
 
 class AccessPath(enum.StrEnum):
@@ -128,6 +130,12 @@ def mismatch_row(entity: EntityMapping, mismatch: Mismatch) -> dict[str, Any]:
         # An orphan element has no source row to name its parent: keep where it was found.
         fields = {entity.target.embedded.parent_key:
                   {"source": None, "target": json_value(mismatch.parent)}}
+    if mismatch.kind is MismatchKind.ORPHAN_IN_MONGO and not is_key(mismatch.key,
+                                                                     entity.key_kind):
+        # A key of a type no source row can hold (an ObjectId among strings): its text in
+        # `record_key` would name another key, so repair must know it is a stray.
+        fields = {**(fields or {}), STRAY_KEY: {"source": None,
+                                                "target": type(mismatch.key).__name__}}
     return {"entity": mismatch.entity, "record_key": str(mismatch.key),
             "kind": mismatch.kind.value, "fields": fields, "repair_status": "reported"}
 

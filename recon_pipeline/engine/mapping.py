@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import types as sa_types
 
 from recon_pipeline.engine.normalize import ValueKind, kind_for_sql_type, kind_from_name
 from recon_pipeline.engine.settings import (  # noqa: F401 - re-exported: part of the mapping
@@ -24,6 +25,11 @@ from recon_pipeline.engine.settings import (  # noqa: F401 - re-exported: part o
     parse_settings,
 )
 from recon_pipeline.stores.postgres import TableCatalog
+
+# Key columns: text/varchar (and char), smallint/integer/bigint, uuid. Numeric, float,
+# timestamps, booleans, bytea, JSON: not keys (their orders or forms differ across sides).
+KEY_TYPES = (sa_types.String, sa_types.Integer, sa_types.Uuid)
+NOT_KEY_TYPES = (sa_types.JSON, sa_types.Enum)
 
 
 class MappingError(ValueError):
@@ -178,9 +184,13 @@ class _EntityBinder:
                 raise self.fail("source 'sync_tracking' must be a mapping")
             sync = SyncTracking(*(self.column(table, self.require(tracking, k, "sync_tracking"))
                                   for k in ("status", "synced_at", "error")))
+        key = self.require(raw, "key", "source")
+        if isinstance(key, list):
+            raise self.fail(f"source key {key} must be one column (composite keys are not "
+                            f"supported: map a unique column)")
         return SourceSpec(
             table=table,
-            key=self.column(table, self.require(raw, "key", "source")),
+            key=self.column(table, key),
             updated_at=self.column(table, self.require(raw, "updated_at", "source")),
             sync_tracking=sync,
         )
@@ -197,11 +207,24 @@ class _EntityBinder:
                 element_key=self.target_path(
                     self.require(embedded_raw, "element_key", "embedded"), "element_key"),
             )
+        key = raw.get("key", "_id")
+        if not isinstance(key, str) or not key or "." in key or key.startswith("$") \
+                or "\x00" in key:
+            raise self.fail(f"target key {key!r} must be '_id' or a top-level field name")
         return TargetSpec(
             collection=str(self.require(raw, "collection", "target")),
-            key=str(raw.get("key", "_id")),
+            key=key,
             embedded=embedded,
         )
+
+    def key_kind(self, table: str, column: str, role: str) -> ValueKind:
+        """The kind of a key column; only types whose order and BSON form are the same on
+        both sides can be keys."""
+        sql_type = self.catalog[table][column]
+        if isinstance(sql_type, KEY_TYPES) and not isinstance(sql_type, NOT_KEY_TYPES):
+            return kind_for_sql_type(sql_type)
+        raise self.fail(f"{role} column '{column}' has type {sql_type}; a key must be "
+                        f"text/varchar, smallint, integer, bigint or uuid")
 
     def field(self, table: str, column: Any, spec: Any) -> FieldMapping:
         column = self.column(table, column)
@@ -239,16 +262,18 @@ class _EntityBinder:
         target = self.target(target_raw, source.table)
         fields = tuple(self.field(source.table, c, s) for c, s in fields_raw.items())
         self.check_paths(fields, target)
-        columns = self.catalog[source.table]
         return EntityMapping(
             name=self.name, source=source, target=target, fields=fields,
-            key_kind=kind_for_sql_type(columns[source.key]),
-            parent_key_kind=(kind_for_sql_type(columns[target.embedded.parent_key])
-                             if target.embedded else ValueKind.TEXT),
+            key_kind=self.key_kind(source.table, source.key, "key"),
+            parent_key_kind=(
+                self.key_kind(source.table, target.embedded.parent_key, "parent key")
+                if target.embedded else ValueKind.TEXT),
         )
 
     def check_paths(self, fields: tuple[FieldMapping, ...], target: TargetSpec) -> None:
-        reserved = {target.key} if target.embedded is None else {target.embedded.element_key}
+        # `_id` is immutable: beside a natural key it is the application's, never ours
+        reserved = ({target.key, "_id"} if target.embedded is None
+                    else {target.embedded.element_key})
         seen: set[str] = set()
         for f in fields:
             if f.target in seen:

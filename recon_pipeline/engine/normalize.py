@@ -174,6 +174,41 @@ def coerce_source_value(value: object, kind: ValueKind) -> object:
     return coerced
 
 
+# -- keys ----------------------------------------------------------------------
+
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
+
+
+def key_of(value: object, kind: ValueKind) -> object:
+    """A target key in the source key's terms: the value a source row with this key holds
+    (a UUID for its canonical string or a BSON UUID, a plain int for an Int64), or the
+    value unchanged when no row of a ``kind`` key can hold it (a stray of another type)."""
+    if kind is ValueKind.UUID:
+        if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+            return uuid.UUID(value)
+        return value
+    if kind is ValueKind.INTEGER and isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def is_key(value: object, kind: ValueKind) -> bool:
+    """Whether ``value`` (from ``key_of``) is a key a source row of ``kind`` can hold."""
+    if kind is ValueKind.UUID:
+        return isinstance(value, uuid.UUID)
+    if kind is ValueKind.INTEGER:
+        return type(value) is int
+    return isinstance(value, str)
+
+
+def key_forms(value: object, kind: ValueKind) -> list[object]:
+    """Every BSON value a source key matches in MongoDB: a UUID is its canonical string
+    or a BSON UUID (subtype 4: clients use the standard UUID representation)."""
+    if kind is ValueKind.UUID and isinstance(value, uuid.UUID):
+        return [str(value), value]
+    return [value]
+
+
 def to_bson_value(value: object, kind: ValueKind) -> object:
     """The value written to MongoDB for a source value of a field of ``kind``."""
     if value is None or value is MISSING:

@@ -40,6 +40,7 @@ from recon_pipeline.stores.outbox import (
     mark_sent,
 )
 from recon_pipeline.stores.source import mark_sync
+from recon_pipeline.stores.target import KeyLayouts
 
 MAX_ERROR_CHARS = 1000
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -109,6 +110,7 @@ def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config
     total = OutboxResult()
     claimed = 0
     open_batches: list[_Batch] = []
+    layouts = KeyLayouts(mongo_db)  # read on the writer thread, where an outage is handled
 
     def claim_next() -> _Batch | None:
         nonlocal claimed
@@ -124,13 +126,14 @@ def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-write") as writer:
             current = claim_next()
             if current is not None:
-                current.writing = writer.submit(_write_batch, mongo_db, current)
+                current.writing = writer.submit(_write_batch, mongo_db, current, layouts)
             while current is not None:
                 following = claim_next()
                 assert current.writing is not None
                 unreachable = current.writing.result()
                 if following is not None and not unreachable:
-                    following.writing = writer.submit(_write_batch, mongo_db, following)
+                    following.writing = writer.submit(_write_batch, mongo_db, following,
+                                                      layouts)
                 result = _record(current.conn, settings, current.outcomes, current.stamp,
                                  secrets)
                 current.close(commit=True)
@@ -179,7 +182,8 @@ def plan_batch(config: ReconConfig, messages: Sequence[OutboxMessage],
     return _supersede(plans, outcomes)
 
 
-def _write_batch(mongo_db: Database[dict[str, Any]], batch: _Batch) -> bool:
+def _write_batch(mongo_db: Database[dict[str, Any]], batch: _Batch,
+                 layouts: KeyLayouts) -> bool:
     """The MongoDB phase (on the writer thread); True when MongoDB was unreachable. A
     connection failure or server selection timeout ends it: the verdicts of the entities
     written before it stand, the first message of the entity being written is marked
@@ -189,7 +193,7 @@ def _write_batch(mongo_db: Database[dict[str, Any]], batch: _Batch) -> bool:
     for share in batch.shares:
         sent, stale, failed = len(outcomes.sent), len(outcomes.stale), len(outcomes.failed)
         try:
-            deliver_entity(mongo_db, share, outcomes)
+            deliver_entity(mongo_db, share, outcomes, layouts)
         except ConnectionFailure as error:
             # This entity's verdicts so far are dropped: its writes are redone next time,
             # harmlessly (guarded), rather than half recorded.
@@ -251,7 +255,9 @@ def _record(conn: sa.Connection, settings: OutboxSettings, outcomes: BatchOutcom
     _settle_superseded(outcomes)
     outcomes.failed = [(p, _error_text(e, secrets)) for p, e in outcomes.failed]
     outcomes.invalid = [(m, _error_text(e, secrets)) for m, e in outcomes.invalid]
-    outcomes.unreachable = [(p, _error_text(e, secrets)) for p, e in outcomes.unreachable]
+    # Neither an outage nor a missing unique index is the message's fault: never charged.
+    uncharged = [(p, _error_text(e, secrets))
+                 for p, e in outcomes.unreachable + outcomes.deferred]
     delivered = outcomes.sent + outcomes.stale
     mark_sent(conn, [p.message.id for p in delivered], now)
     failures: list[FailedDelivery] = []
@@ -260,15 +266,16 @@ def _record(conn: sa.Connection, settings: OutboxSettings, outcomes: BatchOutcom
         status = "dead" if attempts >= settings.max_attempts else "failed"
         due = now + timedelta(seconds=backoff_seconds(attempts, settings))
         failures.append(FailedDelivery(plan.message.id, status, attempts, error, due))
-    for plan, error in outcomes.unreachable:
-        # No attempt charged; the backoff a failure would get now still spaces the retries.
+    for plan, error in uncharged:
+        # The backoff a failure would get now still spaces the retries (and keeps this run
+        # from claiming the message again and again).
         attempts = plan.message.attempts
         due = now + timedelta(seconds=backoff_seconds(attempts + 1, settings))
         failures.append(FailedDelivery(plan.message.id, "failed", attempts, error, due))
     for message, error in outcomes.invalid:
         failures.append(FailedDelivery(message.id, "dead", message.attempts + 1, error, now))
     mark_failed(conn, failures)
-    _track_sync(conn, delivered, outcomes.failed + outcomes.unreachable, now)
+    _track_sync(conn, delivered, outcomes.failed + uncharged, now)
     dead = sum(f.status == "dead" for f in failures)
     return OutboxResult(
         attempted=len(delivered) + len(failures), sent=len(delivered),

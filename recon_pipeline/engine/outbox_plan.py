@@ -40,7 +40,7 @@ class PlannedDelivery:
     message: OutboxMessage
     entity: EntityMapping
     source_key: Any  # the key as the source table holds it (for sync_tracking)
-    key: Any  # the key as MongoDB holds it
+    key: Any  # the key in the source's terms, as target records carry it (`key_of`)
     row: dict[str, Any] | None  # upsert: typed source row; delete: None
     parent: Any | None  # embedded upsert: the parent document's key
     version: datetime | None  # upsert: the row's updated_at; delete: the message's created_at
@@ -174,7 +174,6 @@ def _plan_upsert(entity: EntityMapping, message: OutboxMessage,
             if parent is None:
                 raise InvalidPayload(
                     f"parent key column '{entity.target.embedded.parent_key}' is null")
-        bson_key = to_bson_value(key, entity.key_kind)
         version = row_version(entity, row)
         # Projecting is the write's job (and its errors are found there too); here only
         # when the row may be too large, which most never are.
@@ -183,7 +182,7 @@ def _plan_upsert(entity: EntityMapping, message: OutboxMessage,
             _check_size(projected_fields(entity, row))
     except ValueCoercionError as error:
         raise InvalidPayload(str(error)) from None
-    return PlannedDelivery(message, entity, key, bson_key, row, parent, version)
+    return PlannedDelivery(message, entity, key, key, row, parent, version)
 
 
 def _check_size(fields: dict[str, Any]) -> None:
@@ -204,5 +203,4 @@ def _plan_delete(entity: EntityMapping, message: OutboxMessage,
     # delete never removes what a later write put there.
     version = to_bson_value(message.created_at, ValueKind.DATETIME)
     assert isinstance(version, datetime)
-    return PlannedDelivery(message, entity, key, to_bson_value(key, entity.key_kind), None,
-                           None, version)
+    return PlannedDelivery(message, entity, key, key, None, None, version)

@@ -22,6 +22,7 @@ from recon_pipeline.engine.mapping import EntityMapping
 from recon_pipeline.engine.normalize import ValueCoercionError
 from recon_pipeline.engine.outbox_plan import PlannedDelivery
 from recon_pipeline.engine.projection import (
+    STRING_KEYS,
     Presence,
     WriteOp,
     delete_ops,
@@ -31,7 +32,13 @@ from recon_pipeline.engine.projection import (
 )
 from recon_pipeline.stores.mongo import write_concern_failure
 from recon_pipeline.stores.outbox import OutboxMessage
-from recon_pipeline.stores.target import TargetRecord, TargetSnapshot, fetch_targets
+from recon_pipeline.stores.target import (
+    KeyForms,
+    KeyLayouts,
+    TargetRecord,
+    TargetSnapshot,
+    fetch_targets,
+)
 
 DUPLICATE_KEY = 11000
 
@@ -46,6 +53,8 @@ class BatchOutcomes:
     invalid: list[tuple[OutboxMessage, str]] = field(default_factory=list)
     # Not tried because MongoDB was unreachable: an outage, never charged to the message.
     unreachable: list[tuple[PlannedDelivery, str]] = field(default_factory=list)
+    # Not written, through no fault of the message (no unique index on the key yet).
+    deferred: list[tuple[PlannedDelivery, str]] = field(default_factory=list)
     # (older, newest) for one record: the older follows the newest's verdict once known.
     superseded: list[tuple[PlannedDelivery, PlannedDelivery]] = field(default_factory=list)
 
@@ -66,10 +75,10 @@ class _Bulk:
         self.owners += [plan] * len(ops)
 
     def add_upsert(self, plan: PlannedDelivery, presence: Presence,
-                   outcomes: BatchOutcomes) -> None:
+                   outcomes: BatchOutcomes, forms: KeyForms = STRING_KEYS) -> None:
         assert plan.row is not None
         try:
-            self.add(plan, upsert_ops(plan.entity, plan.row, presence))
+            self.add(plan, upsert_ops(plan.entity, plan.row, presence, forms))
         except ValueCoercionError as error:  # a value MongoDB cannot hold exactly
             outcomes.invalid.append((plan.message, f"invalid payload: {error}"))
 
@@ -103,17 +112,25 @@ def prepare_entity(entity: EntityMapping, plans: Sequence[PlannedDelivery],
 
 
 def deliver_entity(db: Database[dict[str, Any]], share: EntityShare,
-                   outcomes: BatchOutcomes) -> None:
+                   outcomes: BatchOutcomes, layouts: KeyLayouts | None = None) -> None:
     """Deliver the share and add each verdict to `outcomes`. Raises ConnectionFailure
-    untouched: the caller decides what an unreachable MongoDB costs."""
-    if share.upserts:
-        _deliver_upserts(db, share, outcomes)
+    untouched: the caller decides what an unreachable MongoDB costs. Upserts by a key
+    without its unique index are deferred, not written."""
+    layout = (layouts or KeyLayouts(db)).of(share.entity) if share.upserts else None
+    if layout is not None and layout.missing_index is not None:
+        outcomes.deferred += [(plan, layout.missing_index) for plan in share.upserts]
+    elif layout is not None:
+        if share.ready is not None and layout.forms != STRING_KEYS:
+            share.ready = _Bulk()  # built for string keys; this collection holds BSON UUIDs
+            for plan in share.upserts:
+                share.ready.add_upsert(plan, Presence.ABSENT, outcomes, layout.forms)
+        _deliver_upserts(db, share, outcomes, layout.forms)
     if share.deletes:
         _deliver_deletes(db, share.entity, share.deletes, outcomes)
 
 
 def _deliver_upserts(db: Database[dict[str, Any]], share: EntityShare,
-                     outcomes: BatchOutcomes) -> None:
+                     outcomes: BatchOutcomes, forms: KeyForms) -> None:
     entity = share.entity
     bulk = share.ready
     if bulk is None:
@@ -124,7 +141,8 @@ def _deliver_upserts(db: Database[dict[str, Any]], share: EntityShare,
             if newer_than(record, plan.version):
                 outcomes.stale.append(plan)
                 continue
-            bulk.add_upsert(plan, presence_in(before, entity, plan.key, plan.parent), outcomes)
+            bulk.add_upsert(plan, presence_in(before, entity, plan.key, plan.parent), outcomes,
+                            forms)
     errors, applied = _bulk_write(db, entity, bulk.ops)
     written: list[PlannedDelivery] = []
     collided = False

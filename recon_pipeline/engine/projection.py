@@ -9,6 +9,7 @@ missing or not newer than the row's.
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 from pymongo import DeleteOne, UpdateOne
 
 from recon_pipeline.engine.mapping import EntityMapping
-from recon_pipeline.engine.normalize import ValueKind, to_bson_value
-from recon_pipeline.stores.target import VERSION_FIELD, TargetRecord, TargetSnapshot
+from recon_pipeline.engine.normalize import ValueKind, key_forms, to_bson_value
+from recon_pipeline.stores.target import VERSION_FIELD, KeyForms, TargetRecord, TargetSnapshot
 
 Row = Mapping[str, Any]
 WriteOp = UpdateOne | DeleteOne
@@ -52,13 +53,43 @@ def newer_than(record: TargetRecord | None, version: datetime | None) -> bool:
     return version is None or stored > version
 
 
-def source_key(entity: EntityMapping, row: Row) -> Any:
-    return to_bson_value(row[entity.source.key], entity.key_kind)
-
-
 def parent_key(entity: EntityMapping, row: Row) -> Any:
+    """The row's parent document key, as the source holds it (embedded entities)."""
     assert entity.target.embedded is not None
-    return to_bson_value(row[entity.target.embedded.parent_key], entity.parent_key_kind)
+    return row[entity.target.embedded.parent_key]
+
+
+STRING_KEYS = KeyForms()  # what an empty collection gets
+
+
+def key_match(key: Any, kind: ValueKind) -> Any:
+    """A query condition matching a source key in any of its stored forms."""
+    forms = key_forms(key, kind)
+    return forms[0] if len(forms) == 1 else {"$in": forms}
+
+
+def stored_key(key: Any, kind: ValueKind, binary: bool) -> Any:
+    """A source key as a document this project creates holds it: in the form the
+    collection already uses (a UUID as BSON UUID or canonical string)."""
+    if binary and isinstance(key, uuid.UUID):
+        return key
+    return to_bson_value(key, kind)
+
+
+def _key_condition(entity: EntityMapping, row: Row, forms: KeyForms
+                   ) -> tuple[Any, Any, Any]:
+    """(match, stored form, field) of the key a write addresses: the document key, or
+    the parent document key when embedded."""
+    if entity.target.embedded is None:
+        key, kind, binary = row[entity.source.key], entity.key_kind, forms.key_binary
+    else:
+        key, kind, binary = parent_key(entity, row), entity.parent_key_kind, forms.parent_binary
+    return key_match(key, kind), stored_key(key, kind, binary), entity.target.key
+
+
+def _on_insert(field: str, match: Any, stored: Any) -> dict[str, Any]:
+    """An upsert sets a key it matched with `$in` itself (equality sets it anyway)."""
+    return {"$setOnInsert": {field: stored}} if isinstance(match, dict) else {}
 
 
 def row_version(entity: EntityMapping, row: Row) -> datetime | None:
@@ -94,32 +125,41 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def upsert_ops(entity: EntityMapping, row: Row, presence: Presence) -> list[WriteOp]:
-    """The guarded write that makes the target hold this row's mapped fields."""
+def upsert_ops(entity: EntityMapping, row: Row, presence: Presence,
+               forms: KeyForms = STRING_KEYS) -> list[WriteOp]:
+    """The guarded write that makes the target hold this row's mapped fields. Keys are
+    matched in any stored form and created in the collection's (`forms`)."""
     version = row_version(entity, row)
     fields = projected_fields(entity, row)
     embedded = entity.target.embedded
+    match, stored, key_field = _key_condition(entity, row, forms)
     if embedded is None:
         return [UpdateOne(
-            {entity.target.key: source_key(entity, row), **version_guard(version)},
-            {"$set": {**fields, VERSION_FIELD: version}},
-            upsert=True,  # a newer document already there makes this a duplicate-key no-op
+            {key_field: match, **version_guard(version)},
+            {"$set": {**fields, VERSION_FIELD: version}, **_on_insert(key_field, match, stored)},
+            # A newer document already there makes this a duplicate-key no-op (the key is
+            # `_id` or under a unique index: a run checks that before it writes).
+            upsert=True,
         )]
-    key = source_key(entity, row)
-    parent = parent_key(entity, row)
+    key = row[entity.source.key]
+    element_match = key_match(key, entity.key_kind)
     array, element_key = embedded.array, embedded.element_key
     if presence is Presence.PRESENT:
         sets = {f"{array}.$[e].{path}": value for path, value in fields.items()}
         return [UpdateOne(
-            {"_id": parent, array: {"$elemMatch": {element_key: key, **version_guard(version)}}},
+            {key_field: match,
+             array: {"$elemMatch": {element_key: element_match, **version_guard(version)}}},
             {"$set": {**sets, f"{array}.$[e].{VERSION_FIELD}": version}},
-            array_filters=[{f"e.{element_key}": key}],
+            array_filters=[{f"e.{element_key}": element_match}],
         )]
-    element = {**nest({element_key: key}), **nest(fields), VERSION_FIELD: version}
+    element = {**nest({element_key: stored_key(key, entity.key_kind, forms.key_binary)}),
+               **nest(fields), VERSION_FIELD: version}
+    absent = ({"$nin": element_match["$in"]} if isinstance(element_match, dict)
+              else {"$ne": element_match})
     # Push only while the element is still missing; create the parent only when it is.
     return [UpdateOne(
-        {"_id": parent, f"{array}.{element_key}": {"$ne": key}},
-        {"$push": {array: element}},
+        {key_field: match, f"{array}.{element_key}": absent},
+        {"$push": {array: element}, **_on_insert(key_field, match, stored)},
         upsert=presence is Presence.ABSENT,
     )]
 
@@ -127,12 +167,14 @@ def upsert_ops(entity: EntityMapping, row: Row, presence: Presence) -> list[Writ
 def delete_ops(entity: EntityMapping, key: Any, parent: Any, version: datetime | None,
                *, exact: bool) -> list[WriteOp]:
     """Remove a document or element. `exact`: only if its version is still `version` (an
-    orphan as seen); otherwise only if it is not newer than `version` (a delete message)."""
+    orphan as seen); otherwise only if it is not newer than `version` (a delete message).
+    `key` and `parent` are in the source key's terms (any stored form matches)."""
     guard = {VERSION_FIELD: version} if exact else version_guard(version)
     embedded = entity.target.embedded
     if embedded is None:
-        return [DeleteOne({entity.target.key: key, **guard})]
+        return [DeleteOne({entity.target.key: key_match(key, entity.key_kind), **guard})]
     return [UpdateOne(
-        {"_id": parent},
-        {"$pull": {embedded.array: {embedded.element_key: key, **guard}}},
+        {entity.target.key: key_match(parent, entity.parent_key_kind)},
+        {"$pull": {embedded.array: {embedded.element_key: key_match(key, entity.key_kind),
+                                    **guard}}},
     )]

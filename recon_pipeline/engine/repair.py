@@ -24,8 +24,9 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
 from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
+from recon_pipeline.engine.extract import STRAY_KEY
 from recon_pipeline.engine.mapping import EntityMapping, ReconConfig, Settings
-from recon_pipeline.engine.normalize import ValueCoercionError, coerce_source_value
+from recon_pipeline.engine.normalize import ValueCoercionError, coerce_source_value, key_of
 from recon_pipeline.engine.projection import (
     WriteOp,
     delete_ops,
@@ -39,7 +40,13 @@ from recon_pipeline.stores import reports
 from recon_pipeline.stores.mongo import mongo_error_text, write_concern_failure
 from recon_pipeline.stores.reports import MismatchRow
 from recon_pipeline.stores.source import fetch_rows, mark_sync
-from recon_pipeline.stores.target import TargetRecord, TargetSnapshot, fetch_targets
+from recon_pipeline.stores.target import (
+    KeyForms,
+    KeyLayouts,
+    TargetRecord,
+    TargetSnapshot,
+    fetch_targets,
+)
 
 Outcome = tuple[int, str, str | None]  # (mismatch id, repair_status, repair_error)
 
@@ -97,7 +104,9 @@ def _orphan_parent(entity: EntityMapping, row: MismatchRow) -> Any:
     embedded = entity.target.embedded
     if embedded is None or not row.fields:
         return None
-    return (row.fields.get(embedded.parent_key) or {}).get("target")
+    # stored as JSON: a UUID parent as its string, back in the source's terms here
+    return key_of((row.fields.get(embedded.parent_key) or {}).get("target"),
+                  entity.parent_key_kind)
 
 
 def _record_for(entity: EntityMapping, snapshot: TargetSnapshot, key: Any,
@@ -107,10 +116,16 @@ def _record_for(entity: EntityMapping, snapshot: TargetSnapshot, key: Any,
 
 def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
                  sources: dict[Any, dict[str, Any]], snapshot: TargetSnapshot,
-                 delete_orphans: bool) -> _Plan:
+                 delete_orphans: bool, forms: KeyForms) -> _Plan:
     plan = _Plan()
     embedded = entity.target.embedded
     for mismatch in rows:
+        if mismatch.fields and STRAY_KEY in mismatch.fields:
+            stray = mismatch.fields[STRAY_KEY]["target"]
+            plan.outcomes.append((mismatch.id, "reported",
+                                  f"key of type {stray}: no source row can have it, so it "
+                                  f"is not deleted automatically"))
+            continue
         key = typed_key(entity, mismatch.record_key)
         source = sources.get(key)
         orphan_parent = _orphan_parent(entity, mismatch)
@@ -138,7 +153,8 @@ def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
             plan.outcomes.append((mismatch.id, "resolved", None))
             continue
         presence = presence_in(snapshot, entity, key, parent)
-        plan.write(mismatch.id, upsert_ops(entity, source, presence), key, source, parent)
+        plan.write(mismatch.id, upsert_ops(entity, source, presence, forms), key, source,
+                   parent)
     return plan
 
 
@@ -208,6 +224,8 @@ def _read_group(engine: sa.Engine, entity: EntityMapping,
     keys: list[Any] = []
     bad: list[Outcome] = []
     for mismatch in rows:
+        if mismatch.fields and STRAY_KEY in mismatch.fields:
+            continue  # its text is not its key; planning reports it
         try:
             keys.append(typed_key(entity, mismatch.record_key))
         except ValueCoercionError as error:
@@ -217,11 +235,12 @@ def _read_group(engine: sa.Engine, entity: EntityMapping,
                   fetch_rows(engine, entity, keys), bad)
 
 
-def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: bool
-                  ) -> tuple[list[Outcome], list[Any], RepairStop | None]:
+def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: bool,
+                  layouts: KeyLayouts) -> tuple[list[Outcome], list[Any], RepairStop | None]:
     """Re-read the targets, write, verify. Returns the outcomes, the keys of the source
     rows now verified in MongoDB, and why repair must stop when MongoDB failed: the
-    mismatches the error touched are `failed` with it."""
+    mismatches the error touched are `failed` with it. Without the unique index its key
+    needs, an entity's repairs all fail, naming the index: nothing of it is written."""
     entity, rows = group.entity, group.rows
     embedded = entity.target.embedded
     parents = None
@@ -230,6 +249,9 @@ def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: b
         parents += [_orphan_parent(entity, m) for m in rows
                     if m.kind == MismatchKind.ORPHAN_IN_MONGO]
     try:
+        layout = layouts.of(entity)
+        if layout.missing_index is not None:
+            return group.bad + [(m.id, "failed", layout.missing_index) for m in rows], [], None
         before = fetch_targets(db, entity, group.keys, parents)
     except PyMongoError as error:
         # Orphans that are only reported were never going to be written: they stay so.
@@ -237,7 +259,7 @@ def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: b
         return group.bad + [
             (m.id, "reported", None) if m.kind == MismatchKind.ORPHAN_IN_MONGO
             and not delete_orphans else (m.id, "failed", stop.error) for m in rows], [], stop
-    plan = _plan_entity(entity, rows, group.sources, before, delete_orphans)
+    plan = _plan_entity(entity, rows, group.sources, before, delete_orphans, layout.forms)
     try:
         failures = _write(db, entity, plan)
         after = fetch_targets(db, entity, [k for k, _, _ in plan.written.values()], parents)
@@ -273,6 +295,7 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
     stop: RepairStop | None = None
     if not groups:
         return stop
+    layouts = KeyLayouts(db)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-repair") as postgres:
         reading = postgres.submit(_read_group, engine, *groups[0])
         recording: Future[None] | None = None
@@ -282,7 +305,7 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
                 break
             if index + 1 < len(groups):
                 reading = postgres.submit(_read_group, engine, *groups[index + 1])
-            outcomes, repaired, stop = _repair_group(db, group, delete_orphans)
+            outcomes, repaired, stop = _repair_group(db, group, delete_orphans, layouts)
             if recording is not None:
                 recording.result()
             recording = postgres.submit(_record, engine, group.entity, outcomes, repaired,

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from recon_pipeline.engine.mapping import EntityMapping
-from recon_pipeline.engine.normalize import ValueKind
+from recon_pipeline.engine.normalize import ValueKind, is_key, key_of
 
 Row = dict[str, Any]
 RowView = sa.RowMapping
@@ -93,8 +93,17 @@ def stream_rows(engine: sa.Engine, entity: EntityMapping, *, start: datetime | N
         yield from result.mappings().partitions()
 
 
+def sql_keys(entity: EntityMapping, keys: Sequence[Any]) -> list[Any]:
+    """The keys the key column can hold, as it holds them (a UUID's canonical string from
+    the audit trail becomes a UUID); a key of another type has no row and is dropped,
+    never bound (`uuid = character varying`)."""
+    typed = (key_of(k, entity.key_kind) for k in keys)
+    return [k for k in typed if is_key(k, entity.key_kind)]
+
+
 def fetch_rows(engine: sa.Engine, entity: EntityMapping, keys: Sequence[Any]) -> dict[Any, Row]:
     """The current source rows of `keys` (absent keys have no row)."""
+    keys = sql_keys(entity, keys)
     if not keys:
         return {}
     source = SourceTable.of(entity)
@@ -109,6 +118,7 @@ def existing_merge_keys(engine: sa.Engine, entity: EntityMapping,
                         keys: Sequence[Any]) -> set[Any]:
     """Which of `keys` (element keys for embedded entities) have a source row, as merge
     keys: the key, or (parent, key)."""
+    keys = sql_keys(entity, keys)
     if not keys:
         return set()
     source = SourceTable.of(entity)

@@ -8,15 +8,20 @@ a real MongoDB; on secantusdb they are its two fast paths.
 
 from __future__ import annotations
 
+import heapq
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from recon_pipeline.engine.diff import order_key
 from recon_pipeline.engine.mapping import EntityMapping
-from recon_pipeline.engine.normalize import MISSING
+from recon_pipeline.engine.normalize import MISSING, ValueKind, key_forms, key_of
 
 VERSION_FIELD = "_recon_version"
 IN_BATCH = 50  # secantusdb: 100k docs, $in of 25/50/100 ids read 10.6k/9.8k/6.3k docs/s
@@ -66,23 +71,33 @@ def _record(entity: EntityMapping, key: Any, parent: Any, node: Document) -> Tar
 
 
 def projection_of(entity: EntityMapping) -> dict[str, int]:
-    """Read only the mapped fields (and the version guard)."""
+    """Read only the key, the mapped fields (and the version guard)."""
     embedded = entity.target.embedded
     if embedded is None:
-        return {**{f.target: 1 for f in entity.compared_fields}, VERSION_FIELD: 1}
-    return {embedded.array: 1}
+        return {entity.target.key: 1, **{f.target: 1 for f in entity.compared_fields},
+                VERSION_FIELD: 1}
+    return {entity.target.key: 1, embedded.array: 1}
 
 
 def records_of(entity: EntityMapping, document: Document) -> list[TargetRecord]:
-    """The records a document holds: itself, or each element of the mapped array."""
+    """The records a document holds: itself, or each element of the mapped array. Keys
+    are in the source key's terms (`key_of`): a UUID whatever its stored form."""
     embedded = entity.target.embedded
+    document_key = document.get(entity.target.key)
     if embedded is None:
-        return [_record(entity, document.get(entity.target.key), None, document)]
+        return [_record(entity, key_of(document_key, entity.key_kind), None, document)]
     elements = get_path(document, embedded.array)
     if not isinstance(elements, list):
         return []
-    return [_record(entity, get_path(e, embedded.element_key), document["_id"], e)
+    parent = key_of(document_key, entity.parent_key_kind)
+    return [_record(entity, key_of(get_path(e, embedded.element_key), entity.key_kind),
+                    parent, e)
             for e in elements if isinstance(e, dict)]
+
+
+def _matching(keys: Iterable[Any], kind: ValueKind) -> list[Any]:
+    """The BSON values that match `keys` (both forms of a UUID)."""
+    return [form for key in keys for form in key_forms(key, kind)]
 
 
 def _batches(keys: Iterable[Any], size: int = IN_BATCH) -> Iterator[list[Any]]:
@@ -108,19 +123,21 @@ def fetch_targets(db: Database[Document], entity: EntityMapping, keys: Sequence[
     embedded = entity.target.embedded
     if embedded is None:
         for batch in _batches(dict.fromkeys(keys)):
-            for doc in collection.find({entity.target.key: {"$in": batch}},
-                                       projection_of(entity)):
+            query = {entity.target.key: {"$in": _matching(batch, entity.key_kind)}}
+            for doc in collection.find(query, projection_of(entity)):
                 record = records_of(entity, doc)[0]
                 records[record.key] = record
         return TargetSnapshot(records, frozenset())
     if parents is not None:
-        queries = ({"_id": {"$in": batch}} for batch in _batches(dict.fromkeys(parents)))
+        queries = ({entity.target.key: {"$in": _matching(batch, entity.parent_key_kind)}}
+                   for batch in _batches(dict.fromkeys(parents)))
     else:
         field = f"{embedded.array}.{embedded.element_key}"
-        queries = ({field: {"$in": batch}} for batch in _batches(dict.fromkeys(keys)))
+        queries = ({field: {"$in": _matching(batch, entity.key_kind)}}
+                   for batch in _batches(dict.fromkeys(keys)))
     for query in queries:
         for doc in collection.find(query, projection_of(entity)):
-            found_parents.add(doc["_id"])
+            found_parents.add(key_of(doc.get(entity.target.key), entity.parent_key_kind))
             for record in records_of(entity, doc):
                 if record.key in wanted:
                     records[record.key] = record
@@ -131,34 +148,98 @@ def fetch_targets(db: Database[Document], entity: EntityMapping, keys: Sequence[
 def scan_target_batches(db: Database[Document], entity: EntityMapping, *, lower: Any = None,
                         upper: Any = None, batch_size: int = 5000
                         ) -> Iterator[list[TargetRecord]]:
-    """Every target record in document-key order (one sorted cursor), optionally within
-    document keys (lower, upper]; elements of one parent come in element-key order.
-    In batches of about `batch_size` documents."""
-    bounds: dict[str, Any] = {}
-    if lower is not None:
-        bounds["$gt"] = lower
-    if upper is not None:
-        bounds["$lte"] = upper
-    query = {"_id": bounds} if bounds else {}
-    cursor = db[entity.target.collection].find(
-        query, projection_of(entity), sort=[("_id", 1)], batch_size=batch_size)
+    """Every target record in document-key order (`order_key`), optionally within document
+    keys (lower, upper] (source values of the key, the parent key when embedded);
+    elements of one parent come in element-key order. In batches of about `batch_size`
+    documents.
+
+    MongoDB range queries are type-bracketed: `{k: {$lte: "m"}}` never matches an
+    ObjectId. So the first chunk (no lower bound) also reads every key of a type the
+    source cannot hold, or a stray would be in no chunk at all."""
+    cursors = [db[entity.target.collection].find(
+        query, projection_of(entity), sort=[(entity.target.key, 1)], batch_size=batch_size)
+        for query in _scan_queries(entity, lower, upper)]
+    documents: Iterator[tuple[Any, Document]]
+    if len(cursors) == 1:
+        documents = ((None, d) for d in cursors[0])
+    else:  # one cursor per stored form, merged into one order
+        documents = heapq.merge(*(_keyed(entity, c) for c in cursors), key=itemgetter(0))
     batch: list[TargetRecord] = []
-    documents = 0
-    for document in cursor:
+    count = 0
+    for _, document in documents:
         records = records_of(entity, document)
         if entity.target.embedded is not None:
             records.sort(key=_element_order)
         batch += records
-        documents += 1
-        if documents == batch_size:
+        count += 1
+        if count == batch_size:
             yield batch
-            batch, documents = [], 0
+            batch, count = [], 0
     if batch:
         yield batch
 
 
-def _element_order(record: TargetRecord) -> tuple[str, Any]:
-    return (type(record.key).__name__, record.key)
+def _document_kind(entity: EntityMapping) -> ValueKind:
+    return entity.key_kind if entity.target.embedded is None else entity.parent_key_kind
+
+
+def _keyed(entity: EntityMapping, cursor: Iterable[Document]
+           ) -> Iterator[tuple[Any, Document]]:
+    """(order, document) in the cursor's order. A BSON binary that is not a UUID sorts
+    among the UUIDs in MongoDB but after them here: it is held back to its place."""
+    kind, field = _document_kind(entity), entity.target.key
+    held: list[tuple[Any, Document]] = []
+    for document in cursor:
+        key = key_of(document.get(field), kind)
+        item = (order_key(key), document)
+        if isinstance(key, bytes):
+            held.append(item)
+        else:
+            yield item
+    held.sort(key=itemgetter(0))
+    yield from held
+
+
+# BSON types a source key of each kind is stored as; any other is a stray (item 5).
+_KEY_TYPES = {ValueKind.TEXT: ["string"], ValueKind.INTEGER: ["number"],
+              ValueKind.UUID: ["string", "binData"]}
+
+
+def _scan_queries(entity: EntityMapping, lower: Any, upper: Any) -> list[Document]:
+    """The queries whose sorted cursors, merged by `order_key`, give the chunk's
+    documents in the merge-join's order, strays included in the first chunk. One query
+    (MongoDB's own cross-type order is the merge order), except for UUID keys: their
+    string and BSON forms sort apart in MongoDB, so each form has its cursor."""
+    kind, field = _document_kind(entity), entity.target.key
+    types = _KEY_TYPES.get(kind, ["string"])
+    present = {} if field == "_id" else {field: {"$ne": None}}  # no key: not a record
+    strays = {field: {"$ne": None, "$not": {"$type": types}}}
+    if kind is not ValueKind.UUID and lower is None and upper is None:
+        return [present]  # one chunk: everything
+    ranges = []
+    for form in types:
+        # Range operators are type-bracketed: a bound of the form's type keeps to it.
+        bounds: dict[str, Any] = {} if lower is not None or upper is not None else {
+            "$type": form}
+        if lower is not None:
+            bounds["$gt"] = _bound(lower, form)
+        if upper is not None:
+            bounds["$lte"] = _bound(upper, form)
+        ranges.append({field: bounds})
+    if kind is not ValueKind.UUID:
+        return [{"$or": [*ranges, strays]}] if lower is None else ranges
+    return [*ranges, strays] if lower is None else ranges
+
+
+def _bound(value: Any, form: str) -> Any:
+    """A source key as a bound on its stored `form` (a UUID: string or BSON UUID)."""
+    if isinstance(value, uuid.UUID) and form == "string":
+        return str(value)
+    return value
+
+
+def _element_order(record: TargetRecord) -> Any:
+    return order_key(record.key)
 
 
 def find_updated_between(db: Database[Document], entity: EntityMapping, start: datetime,
@@ -170,19 +251,105 @@ def find_updated_between(db: Database[Document], entity: EntityMapping, start: d
         return
     embedded = entity.target.embedded
     path = field.target if embedded is None else f"{embedded.array}.{field.target}"
-    for document in db[entity.target.collection].find(
-            {path: {"$gte": start, "$lt": end}}, projection_of(entity)):
+    query: Document = {path: {"$gte": start, "$lt": end}}
+    if entity.target.key != "_id":
+        query[entity.target.key] = {"$ne": None}  # no key: not a record of this entity
+    for document in db[entity.target.collection].find(query, projection_of(entity)):
         for record in records_of(entity, document):
             value = record.values.get(field.target)
             if isinstance(value, datetime) and start <= value < end:
                 yield record
 
 
+class KeyIndexError(RuntimeError):
+    """A unique index on a target key cannot be created; the message says why."""
+
+
+def needs_key_index(entity: EntityMapping) -> bool:
+    """Upserting by a key other than `_id` (a document's, or an embedded entity's parent
+    document's) is only safe under a unique index: a guarded upsert that the guard
+    refuses would insert a second document with the same key."""
+    return entity.target.key != "_id"
+
+
+def key_index_name(entity: EntityMapping) -> str:
+    return f"{entity.target.collection}.{entity.target.key}"
+
+
+def missing_key_index(db: Database[Document], entity: EntityMapping) -> str | None:
+    """None when upserts by the entity's key are safe; otherwise the error to report."""
+    if not needs_key_index(entity):
+        return None
+    for index in db[entity.target.collection].list_indexes():
+        if (list(index["key"]) == [entity.target.key] and index.get("unique")
+                and "partialFilterExpression" not in index):
+            return None
+    return (f"no unique index on {key_index_name(entity)}: run `recon-pipeline db init` or "
+            f"create it (createIndex({{{entity.target.key}: 1}}, {{unique: true}}))")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyForms:
+    """How a collection stores UUID keys: as BSON UUIDs, or as canonical strings (the
+    default: what an empty collection gets)."""
+
+    key_binary: bool = False  # the document key, or the element key when embedded
+    parent_binary: bool = False  # embedded: the parent document's key
+
+
+def detect_key_forms(db: Database[Document], entity: EntityMapping) -> KeyForms:
+    """The forms the collection already uses, read from one existing document."""
+    if ValueKind.UUID not in (entity.key_kind, entity.parent_key_kind):
+        return KeyForms()
+    field = entity.target.key
+    embedded = entity.target.embedded
+    collection = db[entity.target.collection]
+    if embedded is None:
+        document = collection.find_one({field: {"$type": ["string", "binData"]}}, {field: 1})
+        return KeyForms(key_binary=isinstance((document or {}).get(field), uuid.UUID))
+    parent = collection.find_one({field: {"$type": ["string", "binData"]}}, {field: 1})
+    path = f"{embedded.array}.{embedded.element_key}"
+    holder = collection.find_one({path: {"$type": ["string", "binData"]}},
+                                 {embedded.array: 1})
+    elements = get_path(holder or {}, embedded.array)
+    keys = [get_path(e, embedded.element_key) for e in elements
+            if isinstance(e, dict)] if isinstance(elements, list) else []
+    return KeyForms(key_binary=any(isinstance(k, uuid.UUID) for k in keys),
+                    parent_binary=isinstance((parent or {}).get(field), uuid.UUID))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    forms: KeyForms
+    missing_index: str | None  # why upserts by the key are refused, if they are
+
+
+@dataclass(slots=True)
+class KeyLayouts:
+    """How each entity's collection holds its keys, read once per entity per run (one
+    `listIndexes`, one document) and only for the entities a run writes."""
+
+    db: Database[Document]
+    known: dict[str, KeyLayout] = field(default_factory=dict)
+
+    def of(self, entity: EntityMapping) -> KeyLayout:
+        layout = self.known.get(entity.name)
+        if layout is None:
+            layout = KeyLayout(detect_key_forms(self.db, entity),
+                               missing_key_index(self.db, entity))
+            self.known[entity.name] = layout
+        return layout
+
+
 def ensure_target_indexes(db: Database[Document], entities: Iterable[EntityMapping]) -> list[str]:
-    """Indexes the windowed orphan scan needs: the mapped `updated_at` of each document or
-    array element. Creating an index that exists is a no-op."""
+    """Indexes the pipeline needs: the unique index on a target key other than `_id`
+    (upserts by that key), and the mapped `updated_at` of each document or array element
+    (the windowed orphan scan). Creating an index that exists is a no-op; a unique index
+    that duplicates prevent raises KeyIndexError naming them."""
     created = []
     for entity in entities:
+        if needs_key_index(entity) and missing_key_index(db, entity) is not None:
+            created.append(_create_key_index(db, entity))
         field = entity.updated_at_field
         if field is None:
             continue
@@ -190,4 +357,27 @@ def ensure_target_indexes(db: Database[Document], entities: Iterable[EntityMappi
         path = field.target if embedded is None else f"{embedded.array}.{field.target}"
         name = db[entity.target.collection].create_index(path)
         created.append(f"{entity.target.collection}.{name}")
-    return created
+    return list(dict.fromkeys(created))
+
+
+def _create_key_index(db: Database[Document], entity: EntityMapping) -> str:
+    collection = db[entity.target.collection]
+    field = entity.target.key
+    try:
+        name = collection.create_index(field, unique=True)
+    except DuplicateKeyError:
+        duplicates = [repr(d["_id"]) for d in collection.aggregate([
+            {"$group": {"_id": f"${field}", "n": {"$sum": 1}}},
+            {"$match": {"n": {"$gt": 1}}}, {"$sort": {"_id": 1}}, {"$limit": 10}])]
+        raise KeyIndexError(
+            f"mapping entity '{entity.name}': cannot create a unique index on "
+            f"{key_index_name(entity)}: duplicate keys {', '.join(duplicates)} (a document "
+            f"without the field counts as null); remove the duplicates and run db init "
+            f"again") from None
+    except OperationFailure as error:
+        if error.code not in (85, 86):  # IndexOptionsConflict, IndexKeySpecsConflict
+            raise
+        raise KeyIndexError(
+            f"mapping entity '{entity.name}': {key_index_name(entity)} has an index that is "
+            f"not unique; drop it so that db init can create a unique one") from None
+    return f"{entity.target.collection}.{name}"

@@ -11,16 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import yaml
+from dagster import DagsterInstance, ExecuteInProcessResult
 from pymongo.database import Database
 
-from recon_pipeline.demo import SeedSummary, seed_demo
-from recon_pipeline.engine.mapping import ReconConfig
-from recon_pipeline.resources import (
+import recon_pipeline
+from recon_pipeline.defs.partitions import partition_covering
+from recon_pipeline.defs.resources import (
     MappingResource,
     MongoResource,
     PostgresResource,
     reconciliation_resources,
 )
+from recon_pipeline.engine.report import RunReport
+from recon_pipeline.local.demo_data import SeedSummary, seed_demo
+from recon_pipeline.model.mapping import ReconConfig
+from recon_pipeline.stores import reports
 from recon_pipeline_tests.conftest import mongo_url_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,10 +96,45 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def small_chunk_mapping(tmp_path: Path, chunk_size: int = 10) -> Path:
     """The packaged mapping with tiny chunks, so a small data set fans out."""
-    from recon_pipeline.environment import packaged_mapping_path
+    from recon_pipeline.local.environment import packaged_mapping_path
 
     path = tmp_path / "recon.yaml"
     path.write_text(packaged_mapping_path().read_text().replace(
         "chunk_size: 50000", f"chunk_size: {chunk_size}"))
     return path
 
+
+
+def mapping_with_settings(directory: Path, **settings: Any) -> Path:
+    """The packaged mapping with some `settings:` replaced, written into `directory`."""
+    from recon_pipeline.local.environment import packaged_mapping_path
+
+    raw = yaml.safe_load(packaged_mapping_path().read_text())
+    raw["settings"] = {**(raw.get("settings") or {}), **settings}
+    path = directory / "recon.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def execute_job(pg_url: str, mongo_db: Database[Any], *, mapping_path: Path | None = None,
+                mongodb_url: str | None = None, **options: Any) -> ExecuteInProcessResult:
+    """One in-process run of `reconciliation_job`, the path every user run takes, with
+    `recon_pipeline.run_config(**options)`; an explicit window picks its partition like
+    `recon-pipeline run` does."""
+    from recon_pipeline.definitions import defs
+
+    now = datetime.now(UTC)
+    end = options.get("window_end")
+    partition = partition_covering(end if isinstance(end, datetime) else now, now)
+    with DagsterInstance.ephemeral() as instance:
+        return defs.resolve_job_def("reconciliation_job").execute_in_process(
+            run_config=recon_pipeline.run_config(**options), instance=instance,
+            partition_key=partition, raise_on_error=False,
+            resources=test_resources(pg_url, mongo_db, mapping_path, mongodb_url))
+
+
+def report_of(engine: sa.Engine, result: ExecuteInProcessResult) -> RunReport:
+    """The report row the run wrote (its materialization names it)."""
+    [event] = result.get_asset_materialization_events()
+    report_id = event.materialization.metadata["report_id"].value
+    return RunReport.from_row(reports.read_report(engine, int(report_id)))  # type: ignore[arg-type]

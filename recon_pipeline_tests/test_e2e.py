@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from pymongo.database import Database
 
 import recon_pipeline
-from recon_pipeline import embedded
-from recon_pipeline.engine.mapping import ReconConfig
-from recon_pipeline.partitions import last_complete_hour
+from recon_pipeline.defs.partitions import last_complete_hour
+from recon_pipeline.local import embedded
+from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import reports
 from recon_pipeline_tests.conftest import mongo_url_of
 from recon_pipeline_tests.dagster_support import (

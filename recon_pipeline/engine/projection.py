@@ -16,8 +16,8 @@ from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 
-from recon_pipeline.engine.mapping import EntityMapping
-from recon_pipeline.engine.normalize import ValueKind, key_forms, to_bson_value
+from recon_pipeline.model.mapping import EntityMapping
+from recon_pipeline.model.normalize import ValueKind, key_forms, to_bson_value
 from recon_pipeline.stores.target import VERSION_FIELD, KeyForms, TargetRecord, TargetSnapshot
 
 Row = Mapping[str, Any]

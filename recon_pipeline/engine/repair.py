@@ -25,8 +25,6 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, 
 
 from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
 from recon_pipeline.engine.extract import STRAY_KEY
-from recon_pipeline.engine.mapping import EntityMapping, ReconConfig, Settings
-from recon_pipeline.engine.normalize import ValueCoercionError, coerce_source_value, key_of
 from recon_pipeline.engine.projection import (
     WriteOp,
     delete_ops,
@@ -35,7 +33,9 @@ from recon_pipeline.engine.projection import (
     row_version,
     upsert_ops,
 )
-from recon_pipeline.masking import mask_text
+from recon_pipeline.model.mapping import EntityMapping, ReconConfig, Settings
+from recon_pipeline.model.masking import mask_text
+from recon_pipeline.model.normalize import ValueCoercionError, coerce_source_value, key_of
 from recon_pipeline.stores import reports
 from recon_pipeline.stores.mongo import mongo_error_text, write_concern_failure
 from recon_pipeline.stores.reports import MismatchRow

@@ -9,7 +9,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from recon_pipeline.masking import mask_text, mask_url, url_secrets
+from recon_pipeline.model.masking import mask_text, mask_url, url_secrets
 
 Document = dict[str, Any]
 SERVER_SELECTION_TIMEOUT_MS = 5000

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import sqlalchemy as sa
 
-from recon_pipeline.masking import mask_text, mask_url, url_secrets
+from recon_pipeline.model.mapping import (
+    MappingError,
+    ReconConfig,
+    TableCatalog,
+    bind_mapping,
+    mapped_tables,
+    read_mapping_file,
+)
+from recon_pipeline.model.masking import mask_text, mask_url, url_secrets
 
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -44,9 +53,6 @@ def connect_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
     return engine
 
 
-TableCatalog = dict[str, dict[str, sa.types.TypeEngine[object]]]
-
-
 def reflect_catalog(engine: sa.Engine, tables: Iterable[str]) -> TableCatalog:
     """Column types of the named tables that exist (missing tables are simply absent)."""
     inspector = sa.inspect(engine)
@@ -70,3 +76,12 @@ def advisory_lock(engine: sa.Engine, name: str) -> Iterator[bool]:
             if got:
                 conn.execute(sa.text("select pg_advisory_unlock(hashtext(:n))"), {"n": name})
                 conn.commit()
+
+
+def load_mapping(path: Path, engine: sa.Engine) -> ReconConfig:
+    """Read `path` and bind it to the schema behind `engine` (a SQLAlchemy Engine)."""
+    raw = read_mapping_file(path)
+    try:
+        return bind_mapping(raw, reflect_catalog(engine, mapped_tables(raw)))
+    except MappingError as error:
+        raise MappingError(f"mapping file {path}: {error}") from None

@@ -19,9 +19,8 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from recon_pipeline.engine.diff import order_key
-from recon_pipeline.engine.mapping import EntityMapping
-from recon_pipeline.engine.normalize import MISSING, ValueKind, key_forms, key_of
+from recon_pipeline.model.mapping import EntityMapping
+from recon_pipeline.model.normalize import MISSING, ValueKind, key_forms, key_of, order_key
 
 VERSION_FIELD = "_recon_version"
 IN_BATCH = 50  # secantusdb: 100k docs, $in of 25/50/100 ids read 10.6k/9.8k/6.3k docs/s

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from recon_pipeline.engine.cleanup import CleanupResult, clean_up
-from recon_pipeline.engine.mapping import CleanupSettings, Settings
+from recon_pipeline.model.mapping import CleanupSettings, Settings
 from recon_pipeline.stores import schema
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -31,8 +31,8 @@ from recon_pipeline_tests.dagster_support import (
     seed,
     test_resources,
 )
-from recon_pipeline_tests.engine.test_outbox import email, email_doc, insert, upsert_email
 from recon_pipeline_tests.defs.test_assets import PARTITION, latest_report
+from recon_pipeline_tests.engine.test_outbox import email, email_doc, insert, upsert_email
 
 Db = Database[dict[str, Any]]
 APP = "recon-run-under-test"

@@ -1,79 +1,87 @@
 """The mapping file's `settings:` section (SPEC 5): frozen values with the defaults of
-the spec, and the parser that names a bad or unknown setting."""
+the spec, validated by pydantic; an error names the setting.
+
+Strict field types, so YAML's loose scalars are not coerced: `"big"` is no number, `yes` no
+count. A whole number is accepted where a float is meant (`lookback_hours: 6`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+_STRICT = ConfigDict(extra="forbid")
+Count = Annotated[int, Strict(), Field(ge=1)]  # a batch, a chunk, a limit: 0 would do nothing
+Amount = Annotated[float, Strict(), Field(ge=0)]
+Switch = Annotated[bool, Strict()]
 
 
 class SettingsError(ValueError):
-    """A setting is unknown or has the wrong type; the message names it."""
+    """A setting is unknown or has the wrong type or value; the message names it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_STRICT)
 class OutboxSettings:
-    batch_size: int = 500
-    max_attempts: int = 8
-    backoff_base_seconds: float = 60
-    backoff_max_seconds: float = 3600
+    batch_size: Count = 500
+    max_attempts: Count = 8
+    backoff_base_seconds: Amount = 60
+    backoff_max_seconds: Amount = 3600
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_STRICT)
 class CleanupSettings:
-    outbox_retention_days: float = 30
-    mismatch_retention_days: float = 90
-    batch_size: int = 5000
+    outbox_retention_days: Amount = 30
+    mismatch_retention_days: Amount = 90
+    batch_size: Count = 5000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=_STRICT)
 class Settings:
-    lookback_hours: float = 48
-    settle_seconds: float = 60
-    chunk_size: int = 50000
-    repair_limit: int = 10000
-    mismatch_rate_warn: float = 0.01
-    delete_orphans: bool = False
-    outbox: OutboxSettings = field(default_factory=OutboxSettings)
-    cleanup: CleanupSettings = field(default_factory=CleanupSettings)
+    # 0: a partitioned run judges exactly its partition (range), nothing before it.
+    lookback_hours: Amount = 48
+    settle_seconds: Amount = 60
+    chunk_size: Count = 50000
+    repair_limit: Count = 10000
+    mismatch_rate_warn: Amount = 0.01
+    delete_orphans: Switch = False
+    outbox: OutboxSettings = OutboxSettings()
+    cleanup: CleanupSettings = CleanupSettings()
 
 
-def _section(raw: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = raw.get(key, {})
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise SettingsError(f"{where}: '{key}' must be a mapping")
-    return dict(value)
+_SETTINGS = TypeAdapter(Settings)
 
 
-def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """Instantiate a settings dataclass, naming unknown keys and wrong types."""
-    defaults = cls()
-    unknown = set(values) - {f.name for f in fields(cls)}
-    if unknown:
-        raise SettingsError(f"{where}: unknown setting '{sorted(unknown)[0]}'")
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        expected = type(getattr(defaults, name))
-        if expected in (int, float) and (isinstance(value, bool) or not isinstance(
-                value, (int, float)) or value < 0 or (expected is int and value != int(value))):
-            raise SettingsError(f"{where}: setting '{name}' must be a non-negative number")
-        if expected is bool and not isinstance(value, bool):
-            raise SettingsError(f"{where}: setting '{name}' must be true or false")
-        kwargs[name] = expected(value) if expected in (int, float) else value
-    return cls(**kwargs)
+_WORDS = {"int_type": "a whole number", "int_from_float": "a whole number",
+          "float_type": "a number", "bool_type": "true or false"}
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """One pydantic error in the mapping's words: where, which setting, what is wrong."""
+    *section, name = [str(part) for part in error["loc"]]
+    where = ".".join(["settings", *section])
+    kind = error["type"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"{where}: unknown setting '{name}'"
+    if kind in ("dataclass_type", "dataclass_args_type"):
+        return f"{where}: '{name}' must be a mapping"
+    if kind == "greater_than_equal":
+        return f"{where}: setting '{name}' must be at least {error['ctx']['ge']:g}"
+    return f"{where}: setting '{name}' must be {_WORDS.get(kind, 'valid')}"
 
 
 def parse_settings(raw: Mapping[str, Any]) -> Settings:
-    values = _section(raw, "settings", "settings")
-    outbox = _build(OutboxSettings, _section(values, "outbox", "settings"), "settings.outbox")
-    cleanup = _build(CleanupSettings, _section(values, "cleanup", "settings"), "settings.cleanup")
-    values.pop("outbox", None)
-    values.pop("cleanup", None)
-    settings: Settings = _build(Settings, values, "settings")
-    for name in ("chunk_size", "repair_limit"):
-        if getattr(settings, name) < 1:
-            raise SettingsError(f"settings: setting '{name}' must be at least 1")
-    return replace(settings, outbox=outbox, cleanup=cleanup)
+    values = raw.get("settings")
+    if values is None:
+        return Settings()
+    if not isinstance(values, dict):
+        raise SettingsError("settings: 'settings' must be a mapping")
+    # An empty section (`outbox:` with nothing under it) means the defaults.
+    values = {key: ({} if key in ("outbox", "cleanup") and value is None else value)
+              for key, value in values.items()}
+    try:
+        return _SETTINGS.validate_python(values)
+    except ValidationError as error:
+        raise SettingsError(_describe(error.errors()[0])) from None

@@ -13,6 +13,7 @@ from recon_pipeline.model.mapping import (
     collection_warnings,
 )
 from recon_pipeline.model.normalize import ValueKind
+from recon_pipeline.model.settings import CleanupSettings, SettingsError, parse_settings
 from recon_pipeline.stores.postgres import load_mapping
 
 
@@ -72,7 +73,7 @@ def test_packaged_mapping_describes_the_demo_domain(pg_engine: sa.Engine) -> Non
             {"error": "sync_error"}),
          "mapping entity 'incoming_emails': column 'sync_error' not in table 'incoming_emails'"),
         (lambda r: r["settings"].update({"chunk_size": "big"}),
-         "settings: setting 'chunk_size' must be a non-negative number"),
+         "settings: setting 'chunk_size' must be a whole number"),
         (lambda r: r["settings"].update({"lookback": 3}), "settings: unknown setting 'lookback'"),
         (lambda r: r["entities"]["clients"].pop("target"),
          "mapping entity 'clients': 'target' must be a non-empty mapping"),
@@ -102,3 +103,32 @@ def test_missing_collection_is_only_a_warning(pg_engine: sa.Engine) -> None:
     config = load_mapping(packaged_mapping_path(), pg_engine)
     assert collection_warnings(config, {"clients"}) == [
         "mapping entity 'incoming_emails': collection 'incoming_emails' does not exist yet"]
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"chunk_size": 2.5}, "settings: setting 'chunk_size' must be a whole number"),
+    ({"chunk_size": True}, "settings: setting 'chunk_size' must be a whole number"),
+    ({"repair_limit": 0}, "settings: setting 'repair_limit' must be at least 1"),
+    ({"lookback_hours": -1}, "settings: setting 'lookback_hours' must be at least 0"),
+    ({"settle_seconds": "60"}, "settings: setting 'settle_seconds' must be a number"),
+    ({"delete_orphans": "yes"}, "settings: setting 'delete_orphans' must be true or false"),
+    ({"outbox": {"batch_size": 0}}, "settings.outbox: setting 'batch_size' must be at least 1"),
+    ({"outbox": {"batch": 5}}, "settings.outbox: unknown setting 'batch'"),
+    ({"cleanup": {"batch_size": 0}},
+     "settings.cleanup: setting 'batch_size' must be at least 1"),
+    ({"cleanup": 7}, "settings: 'cleanup' must be a mapping"),
+], ids=["fractional-count", "bool-count", "zero-limit", "negative-lookback", "string-number",
+        "string-bool", "zero-outbox-batch", "unknown-outbox-setting", "zero-cleanup-batch",
+        "scalar-section"])
+def test_bad_setting_fails_naming_it(settings: dict, message: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        parse_settings({"settings": settings})
+    assert str(error.value) == message
+
+
+def test_whole_numbers_stand_for_floats_and_zero_lookback_is_allowed() -> None:
+    settings = parse_settings({"settings": {"lookback_hours": 0, "settle_seconds": 5,
+                                            "outbox": {"backoff_base_seconds": 1}}})
+    assert (settings.lookback_hours, settings.settle_seconds) == (0.0, 5.0)
+    assert settings.outbox.backoff_base_seconds == 1.0
+    assert settings.cleanup == CleanupSettings()  # a section left out keeps its defaults

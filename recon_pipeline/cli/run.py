@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from recon_pipeline.defs.config import RunOptions, run_options, run_window
+from recon_pipeline.defs.config import ReconciliationConfig, reconciliation_config, run_window
 from recon_pipeline.engine.report import RunReport
 from recon_pipeline.engine.window import WindowError
 from recon_pipeline.local.environment import Environment
@@ -41,7 +41,7 @@ def add_run_parser(commands: Any) -> None:
 
 
 def options_from_args(args: argparse.Namespace, lookback_hours: float,
-                      now: datetime) -> RunOptions:
+                      now: datetime) -> ReconciliationConfig:
     """--start/--end judge exactly that range; otherwise the last `lookback_hours`."""
     if (args.start is None) != (args.end is None):
         raise UsageError("--start and --end go together")
@@ -49,20 +49,20 @@ def options_from_args(args: argparse.Namespace, lookback_hours: float,
         raise UsageError("--lookback-hours cannot be combined with --start/--end")
     try:
         if args.start is not None:
-            return run_options(dry_run=args.dry_run, full_scan=args.full_scan,
-                               entities=args.entities, window_start=args.start,
-                               window_end=args.end)
+            return reconciliation_config(dry_run=args.dry_run, full_scan=args.full_scan,
+                                         entities=args.entities,
+                                         window_start=args.start, window_end=args.end)
         hours = args.lookback_hours if args.lookback_hours is not None else lookback_hours
         if hours <= 0:
             raise UsageError(f"--lookback-hours must be positive, got {hours:g}")
-        return run_options(dry_run=args.dry_run, full_scan=args.full_scan,
-                           entities=args.entities, window_start=now - timedelta(hours=hours),
-                           window_end=now)
+        return reconciliation_config(dry_run=args.dry_run, full_scan=args.full_scan,
+                                     entities=args.entities,
+                                     window_start=now - timedelta(hours=hours), window_end=now)
     except WindowError as error:
         raise UsageError(str(error)) from None
 
 
-def prepare(args: argparse.Namespace, env: Environment) -> tuple[RunOptions, datetime]:
+def prepare(args: argparse.Namespace, env: Environment) -> tuple[ReconciliationConfig, datetime]:
     """Everything a run needs, checked before Dagster starts: bad config exits 2."""
     now = datetime.now(UTC)
     engine = connect_engine(env.database_url)

@@ -13,7 +13,7 @@ from typing import Any
 
 from dagster import DagsterInstance, EnvVar, JobDefinition
 
-from recon_pipeline.defs.config import RunOptions, build_run_config
+from recon_pipeline.defs.config import ReconciliationConfig, build_run_config
 from recon_pipeline.defs.resources import (
     MappingResource,
     MongoResource,
@@ -68,7 +68,7 @@ class RunOutcome:
     errors: tuple[str, ...]
 
 
-def execute_reconciliation(env: Environment, options: RunOptions, partition_key: str, *,
+def execute_reconciliation(env: Environment, options: ReconciliationConfig, partition_key: str, *,
                            quiet: bool = True) -> RunOutcome:
     run_config = {**build_run_config(options), **(QUIET_LOGGERS if quiet else {})}
     with dagster_instance() as instance:

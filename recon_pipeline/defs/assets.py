@@ -15,9 +15,8 @@ from dagster import (
 )
 
 from recon_pipeline.defs.checks import CHECK_SPECS
-from recon_pipeline.defs.config import ASSET_NAME
+from recon_pipeline.defs.config import ASSET_NAME, ReconciliationConfig
 from recon_pipeline.defs.ops import (
-    RUN_CONFIG_SCHEMA,
     clean_up_op,
     decide_repairs_op,
     diff_chunk_op,
@@ -59,7 +58,8 @@ def _to_start_run(config: dict[str, Any]) -> dict[str, Any]:
     # A backfill runs up to 24 hours per run: one report covering the run's range.
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=24),
     check_specs=CHECK_SPECS,
-    config=ConfigMapping(config_schema=RUN_CONFIG_SCHEMA, config_fn=_to_start_run),
+    config=ConfigMapping(config_schema=ReconciliationConfig.to_config_schema(),
+                         config_fn=_to_start_run),
 )
 def reconciliation_report() -> dict[str, Any]:
     ticket = start_run.with_hooks(HOOKS)()

@@ -16,9 +16,7 @@ from dagster import (
     AssetCheckResult,
     DynamicOut,
     DynamicOutput,
-    Field,
     In,
-    Noneable,
     Nothing,
     OpExecutionContext,
     Out,
@@ -27,7 +25,7 @@ from dagster import (
 )
 
 from recon_pipeline.defs.checks import CHECK_NAMES, CheckInputs, check_results
-from recon_pipeline.defs.config import RunOptions, run_window
+from recon_pipeline.defs.config import ReconciliationConfig, run_window
 from recon_pipeline.defs.metadata import report_metadata
 from recon_pipeline.defs.resources import MappingResource, MongoResource, PostgresResource, RunLock
 from recon_pipeline.engine.extract import ChunkPlan, ChunkResult, plan_chunks
@@ -52,23 +50,6 @@ from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.stores.outbox import oldest_due_age
 
 POOL = "reconciliation"
-
-# SPEC 7's run config; the graph asset maps it onto `start_run` (assets.py).
-RUN_CONFIG_SCHEMA = {
-    "lookback_hours": Field(Noneable(float), is_required=False, default_value=None,
-                            description="hours judged before the window end (settings)"),
-    "dry_run": Field(bool, is_required=False, default_value=False,
-                     description="find and record mismatches, write nothing to MongoDB"),
-    "full_scan": Field(bool, is_required=False, default_value=False,
-                       description="compare every row and document regardless of time"),
-    "entities": Field(Noneable([str]), is_required=False, default_value=None,
-                      description="entity names from the mapping (default: all)"),
-    "window_start": Field(Noneable(str), is_required=False, default_value=None,
-                          description="ISO 8601; with window_end replaces partition window"),
-    "window_end": Field(Noneable(str), is_required=False, default_value=None,
-                        description="ISO 8601, exclusive"),
-}
-
 
 @dataclass(frozen=True, slots=True)
 class RunTicket:
@@ -101,30 +82,30 @@ def partition_label(context: OpExecutionContext) -> str | None:
     return context.partition_key if context.has_partition_key else None
 
 
-@op(pool=POOL, config_schema=RUN_CONFIG_SCHEMA)
-def start_run(context: OpExecutionContext, postgres: PostgresResource, mongo: MongoResource,
-              mapping: MappingResource, run_lock: RunLock) -> RunTicket:
+@op(pool=POOL)
+def start_run(context: OpExecutionContext, config: ReconciliationConfig,
+              postgres: PostgresResource, mongo: MongoResource, mapping: MappingResource,
+              run_lock: RunLock) -> RunTicket:
     """Window, report row, MongoDB reachability. `run_lock` is held from here to the end
     of the run, under any executor (see RunLock)."""
-    options = RunOptions.from_config(context.op_config)
     now = utc_now()
     partitioned = context.has_partition_key or context.has_partition_key_range
     span = context.partition_time_window if partitioned else None
     with postgres.engine() as engine:
-        config = mapping.load(engine)
-        window = run_window(config.settings, now, options,
+        recon = mapping.load(engine)
+        window = run_window(recon.settings, now, config,
                             (span.start, span.end) if span else None)
         scope = RunScope(run_id=context.run_id, window=window,
-                             partition_key=partition_label(context), dry_run=options.dry_run,
-                             entities=options.entities)
-        entities = scope.entity_names(config)  # an unknown entity fails before any write
+                         partition_key=partition_label(context), dry_run=config.dry_run,
+                         entities=config.entity_names)
+        entities = scope.entity_names(recon)  # an unknown entity fails before any write
         report_id = begin_run(engine, scope, now)
     with mongo.unchecked_database() as db:
         available = mongo_reachable(db)
     context.log.info(f"report {report_id}: window {window.start.isoformat()} - "
                      f"{window.end.isoformat()} full_scan={window.full_scan} "
                      f"mongo_available={available}")
-    return RunTicket(context.run_id, report_id, window, options.dry_run, entities, available)
+    return RunTicket(context.run_id, report_id, window, config.dry_run, entities, available)
 
 
 @op(pool=POOL)

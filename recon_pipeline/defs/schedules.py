@@ -7,7 +7,7 @@ from dagster import (
     schedule,
 )
 
-from recon_pipeline.defs.config import RunOptions, build_run_config
+from recon_pipeline.defs.config import ReconciliationConfig, build_run_config
 from recon_pipeline.defs.jobs import reconciliation_job
 from recon_pipeline.defs.partitions import hourly_partitions, last_complete_hour
 
@@ -20,7 +20,7 @@ def reconciliation_hourly(context: ScheduleEvaluationContext) -> RunRequest:
     # changed mapping applies without redeploying the schedule.
     key = last_complete_hour(context.scheduled_execution_time)
     return RunRequest(run_key=key, partition_key=key,
-                      run_config=build_run_config(RunOptions()))
+                      run_config=build_run_config(ReconciliationConfig()))
 
 
 @schedule(name="reconciliation_full_daily", cron_schedule="30 3 * * *", job=reconciliation_job,
@@ -31,4 +31,4 @@ def reconciliation_full_daily(context: ScheduleEvaluationContext) -> RunRequest:
     # against the last complete hour.
     key = last_complete_hour(context.scheduled_execution_time)
     return RunRequest(run_key=f"full-{key}", partition_key=key,
-                      run_config=build_run_config(RunOptions(full_scan=True)))
+                      run_config=build_run_config(ReconciliationConfig(full_scan=True)))

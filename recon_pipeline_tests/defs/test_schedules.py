@@ -14,6 +14,7 @@ from dagster import (
 
 import recon_pipeline
 from recon_pipeline.definitions import defs
+from recon_pipeline.defs.config import ASSET_NAME
 from recon_pipeline.engine.window import WindowError
 
 TICK = datetime(2026, 3, 5, 14, 0, tzinfo=UTC)
@@ -66,7 +67,7 @@ def test_run_config_has_exactly_the_spec_keys_and_validates() -> None:
 
 @pytest.mark.parametrize("kwargs", [{"window_start": "2026-03-01T00:00Z"},
                                     {"window_start": "yesterday", "window_end": "today"},
-                                    {"lookback_hours": 0}])
+                                    {"lookback_hours": -1}])
 def test_run_config_rejects_a_bad_window(kwargs: dict) -> None:
     with pytest.raises(WindowError):
         recon_pipeline.run_config(**kwargs)
@@ -86,3 +87,21 @@ def test_import_recon_pipeline_stays_cheap() -> None:
             "print('dagster' in sys.modules, 'sqlalchemy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_launchpad_shows_every_run_config_key_with_its_description() -> None:
+    from recon_pipeline.defs.config import ReconciliationConfig
+
+    job = defs.resolve_job_def("reconciliation_job")
+    asset_config = job.graph.node_dict[ASSET_NAME].definition.config_mapping.config_schema
+    fields = asset_config.config_type.fields
+    assert set(fields) == {"lookback_hours", "dry_run", "full_scan", "entities",
+                           "window_start", "window_end"}
+    for name, field in fields.items():
+        assert field.description == ReconciliationConfig.model_fields[name].description
+        assert not field.is_required
+
+
+def test_zero_lookback_is_a_valid_run_config() -> None:
+    config = recon_pipeline.run_config(lookback_hours=0)
+    assert config["ops"][ASSET_NAME]["config"]["lookback_hours"] == 0

@@ -41,12 +41,12 @@ from recon_pipeline.engine.run_steps import (
     begin_run,
     clean_up_counts,
     decide_repairs,
-    mongo_reachable,
     retry_outbox_counts,
     safe_diff_chunk,
     utc_now,
 )
 from recon_pipeline.engine.window import RunWindow
+from recon_pipeline.stores.mongo import reachable
 from recon_pipeline.stores.outbox import oldest_due_age
 
 POOL = "reconciliation"
@@ -91,17 +91,16 @@ def start_run(context: OpExecutionContext, config: ReconciliationConfig,
     now = utc_now()
     partitioned = context.has_partition_key or context.has_partition_key_range
     span = context.partition_time_window if partitioned else None
-    with postgres.engine() as engine:
-        recon = mapping.load(engine)
-        window = run_window(recon.settings, now, config,
-                            (span.start, span.end) if span else None)
-        scope = RunScope(run_id=context.run_id, window=window,
-                         partition_key=partition_label(context), dry_run=config.dry_run,
-                         entities=config.entity_names)
-        entities = scope.entity_names(recon)  # an unknown entity fails before any write
-        report_id = begin_run(engine, scope, now)
-    with mongo.unchecked_database() as db:
-        available = mongo_reachable(db)
+    engine = postgres.engine
+    recon = mapping.load(engine)
+    window = run_window(recon.settings, now, config,
+                        (span.start, span.end) if span else None)
+    scope = RunScope(run_id=context.run_id, window=window,
+                     partition_key=partition_label(context), dry_run=config.dry_run,
+                     entities=config.entity_names)
+    entities = scope.entity_names(recon)  # an unknown entity fails before any write
+    report_id = begin_run(engine, scope, now)
+    available = reachable(mongo.unchecked_database)
     context.log.info(f"report {report_id}: window {window.start.isoformat()} - "
                      f"{window.end.isoformat()} full_scan={window.full_scan} "
                      f"mongo_available={available}")
@@ -113,11 +112,11 @@ def retry_outbox(context: OpExecutionContext, ticket: RunTicket, postgres: Postg
                  mongo: MongoResource, mapping: MappingResource) -> dict:
     """Runs even when MongoDB is down: delivery stops at the first connection failure. The
     counts reach the report row batch by batch: a run that fails later keeps them."""
-    with postgres.engine() as engine, mongo.unchecked_database() as db:
-        counts = retry_outbox_counts(
-            engine, db, mapping.load(engine),
-            progress=lambda so_far: record_figures(engine, ticket.report_id, so_far))
-        record_figures(engine, ticket.report_id, counts)
+    engine, db = postgres.engine, mongo.unchecked_database
+    counts = retry_outbox_counts(
+        engine, db, mapping.load(engine),
+        progress=lambda so_far: record_figures(engine, ticket.report_id, so_far))
+    record_figures(engine, ticket.report_id, counts)
     context.log.info(f"outbox: {counts}")
     return counts
 
@@ -128,8 +127,8 @@ def plan_chunks_op(context: OpExecutionContext, ticket: RunTicket, postgres: Pos
     if not ticket.mongo_available:
         context.log.warning("MongoDB unreachable: extraction, diff and repair skipped")
         return
-    with postgres.engine() as engine:
-        chunks = plan_chunks(engine, mapping.load(engine), ticket.window, ticket.entities)
+    engine = postgres.engine
+    chunks = plan_chunks(engine, mapping.load(engine), ticket.window, ticket.entities)
     for chunk in chunks:
         yield DynamicOutput(ChunkTask(ticket, chunk), mapping_key=chunk.name)
 
@@ -138,10 +137,10 @@ def plan_chunks_op(context: OpExecutionContext, ticket: RunTicket, postgres: Pos
 def diff_chunk_op(context: OpExecutionContext, task: ChunkTask, postgres: PostgresResource,
                   mongo: MongoResource, mapping: MappingResource) -> ChunkResult:
     ticket = task.ticket
-    with postgres.engine() as engine, mongo.unchecked_database() as db:
-        result = safe_diff_chunk(engine, db, mapping.load(engine), ticket.report_id,
-                                 ticket.window, task.chunk, utc_now())
-        record_chunk(engine, ticket.report_id, result)
+    engine, db = postgres.engine, mongo.unchecked_database
+    result = safe_diff_chunk(engine, db, mapping.load(engine), ticket.report_id,
+                             ticket.window, task.chunk, utc_now())
+    record_chunk(engine, ticket.report_id, result)
     context.log.info(f"chunk {task.chunk.name}: {result}")
     return result
 
@@ -155,10 +154,10 @@ def decide_repairs_op(context: OpExecutionContext, ticket: RunTicket,
     if not ticket.mongo_available:
         yield Output(None, "decision")
         return
-    with postgres.engine() as engine:
-        decision = decide_repairs(engine, mapping.load(engine), ticket.report_id,
-                                  dry_run=ticket.dry_run)
-        record_repairs(engine, ticket.report_id)
+    engine = postgres.engine
+    decision = decide_repairs(engine, mapping.load(engine), ticket.report_id,
+                              dry_run=ticket.dry_run)
+    record_repairs(engine, ticket.report_id)
     context.log.info(f"repair decision: {decision.action.value}, "
                      f"{len(decision.batches)} batches")
     yield Output(decision.action.value, "decision")
@@ -172,20 +171,20 @@ def repair_batch_op(context: OpExecutionContext, task: RepairTask, postgres: Pos
                     mongo: MongoResource, mapping: MappingResource) -> int:
     """A MongoDB error ends repair for the run without failing the step (SPEC 6,
     Repair): cleanup and the report still run."""
-    with postgres.engine() as engine, mongo.unchecked_database() as db:
-        looked_at = repair_batch(engine, db, mapping.load(engine), task.ticket.report_id,
-                                 task.id_range, utc_now())
-        record_repairs(engine, task.ticket.report_id)
+    engine, db = postgres.engine, mongo.unchecked_database
+    looked_at = repair_batch(engine, db, mapping.load(engine), task.ticket.report_id,
+                             task.id_range, utc_now())
+    record_repairs(engine, task.ticket.report_id)
     return looked_at
 
 
 @op(pool=POOL)
 def clean_up_op(context: OpExecutionContext, ticket: RunTicket, repaired: list,
                 postgres: PostgresResource, mapping: MappingResource) -> dict:
-    """After repairs (`repaired` only orders it), like the in-process run."""
-    with postgres.engine() as engine:
-        counts = clean_up_counts(engine, mapping.load(engine), utc_now())
-        record_figures(engine, ticket.report_id, counts)
+    """After repairs (`repaired` only orders it)."""
+    engine = postgres.engine
+    counts = clean_up_counts(engine, mapping.load(engine), utc_now())
+    record_figures(engine, ticket.report_id, counts)
     context.log.info(f"cleanup: {counts}")
     return counts
 
@@ -198,13 +197,13 @@ def write_report(context: OpExecutionContext, ticket: RunTicket, outbox_counts: 
     """Completes the report row; emits it as materialization metadata and the checks.
     The asset output is `Nothing`: a range run's output cannot go through an IO manager."""
     now = utc_now()
-    with postgres.engine() as engine:
-        config = mapping.load(engine)
-        report = finish_report(
-            engine, ticket.report_id, chunks=chunk_results, outbox=outbox_counts,
-            cleanup=cleanup_counts, mongo_available=ticket.mongo_available, finished_at=now,
-            extra_details={"repair_decision": decision})
-        backlog = oldest_due_age(engine, now)
+    engine = postgres.engine
+    config = mapping.load(engine)
+    report = finish_report(
+        engine, ticket.report_id, chunks=chunk_results, outbox=outbox_counts,
+        cleanup=cleanup_counts, mongo_available=ticket.mongo_available, finished_at=now,
+        extra_details={"repair_decision": decision})
+    backlog = oldest_due_age(engine, now)
     context.log.info(f"report {report.id}: {report.status}")
     yield Output(None, "result", metadata=report_metadata(report))
     results: list[AssetCheckResult] = check_results(CheckInputs(

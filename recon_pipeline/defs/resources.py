@@ -1,5 +1,6 @@
-"""Dagster resources for the two servers: values from the environment, clients created
-per execution and closed afterwards."""
+"""Dagster resources for the two servers, the mapping and the run lock: values from the
+environment; each step gets its own copy, whose clients are created on first use and
+closed when the step ends, and whose mapping is read once."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
-from pydantic import Field
+from pydantic import Field, PrivateAttr
+from pymongo import MongoClient
 from pymongo.database import Database
 
 from recon_pipeline.local.environment import (
@@ -21,7 +23,7 @@ from recon_pipeline.local.environment import (
 )
 from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import run_lock
-from recon_pipeline.stores.mongo import connect_database, create_client
+from recon_pipeline.stores.mongo import create_client
 from recon_pipeline.stores.postgres import connect_engine, load_mapping
 
 
@@ -29,17 +31,26 @@ class PostgresResource(ConfigurableResource):  # type: ignore[misc]
     """The source of truth. No URL: the embedded server (started when needed)."""
 
     database_url: str | None = None
+    _engine: sa.Engine | None = PrivateAttr(default=None)
 
     def url(self) -> str:
         return normalize_postgres_url(self.database_url or resolve_environment().database_url)
 
+    @property
+    def engine(self) -> sa.Engine:
+        """This step's engine: connected on first use, disposed when the step ends."""
+        if self._engine is None:
+            self._engine = connect_engine(self.url())
+        return self._engine
+
     @contextmanager
-    def engine(self) -> Iterator[sa.Engine]:
-        engine = connect_engine(self.url())
+    def yield_for_execution(self, context: InitResourceContext) -> Iterator[PostgresResource]:
         try:
-            yield engine
+            yield self
         finally:
-            engine.dispose()
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
 
 
 class MongoResource(ConfigurableResource):  # type: ignore[misc]
@@ -47,36 +58,42 @@ class MongoResource(ConfigurableResource):  # type: ignore[misc]
 
     mongodb_url: str | None = None
     database: str = "recon"
+    _client: MongoClient[dict[str, Any]] | None = PrivateAttr(default=None)
 
     def url(self) -> str:
         return self.mongodb_url or resolve_environment().mongodb_url
 
-    @contextmanager
-    def database_handle(self) -> Iterator[Database[dict[str, Any]]]:
-        db = connect_database(self.url(), self.database)
-        try:
-            yield db
-        finally:
-            db.client.close()
+    @property
+    def unchecked_database(self) -> Database[dict[str, Any]]:
+        """This step's handle, created on first use and closed when the step ends. It has
+        not pinged the server: the run carries on (outbox, cleanup, a `partial` report)
+        when MongoDB is down, so reaching it is the caller's test."""
+        if self._client is None:
+            self._client = create_client(self.url())
+        return self._client[self.database]
 
     @contextmanager
-    def unchecked_database(self) -> Iterator[Database[dict[str, Any]]]:
-        """A handle that has not pinged the server: the run carries on (outbox, cleanup,
-        a `partial` report) when MongoDB is down, so reaching it is the caller's test."""
-        client = create_client(self.url())
+    def yield_for_execution(self, context: InitResourceContext) -> Iterator[MongoResource]:
         try:
-            yield client[self.database]
+            yield self
         finally:
-            client.close()
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
 
 class MappingResource(ConfigurableResource):  # type: ignore[misc]
-    """The mapping file (SPEC 5). No path: the packaged demo mapping."""
+    """The mapping file (SPEC 5). No path: the packaged demo mapping. Read and checked
+    against the schema once per step (Dagster hands every step a fresh copy)."""
 
     path: str | None = None
+    _loaded: ReconConfig | None = PrivateAttr(default=None)
 
     def load(self, engine: sa.Engine) -> ReconConfig:
-        return load_mapping(Path(self.path) if self.path else packaged_mapping_path(), engine)
+        if self._loaded is None:
+            self._loaded = load_mapping(
+                Path(self.path) if self.path else packaged_mapping_path(), engine)
+        return self._loaded
 
 
 class RunLock(ConfigurableResource):  # type: ignore[misc]
@@ -115,23 +132,21 @@ class RunLock(ConfigurableResource):  # type: ignore[misc]
                 log.warning(f"run {claimant.run_id} waits for the run lock, held by "
                          f"{holder.describe()}")
 
-        with self.postgres.engine() as engine:
-            run_lock.acquire(engine, claimant, lease_seconds=self.lease_seconds,
-                             wait_seconds=self.wait_seconds, poll_seconds=self.poll_seconds,
-                             on_wait=waiting)
-            try:
-                with run_lock.keep_alive(engine, claimant, self.lease_seconds):
-                    yield self
-            finally:
-                run_lock.step_done(engine, claimant, self.lease_seconds)
+        engine = self.postgres.engine
+        run_lock.acquire(engine, claimant, lease_seconds=self.lease_seconds,
+                         wait_seconds=self.wait_seconds, poll_seconds=self.poll_seconds,
+                         on_wait=waiting)
+        try:
+            with run_lock.keep_alive(engine, claimant, self.lease_seconds):
+                yield self
+        finally:
+            run_lock.step_done(engine, claimant, self.lease_seconds)
 
     def release(self, run_id: str) -> None:
-        with self.postgres.engine() as engine:
-            run_lock.release(engine, run_id)
+        run_lock.release(self.postgres.engine, run_id)
 
     def mark_failed(self, run_id: str) -> None:
-        with self.postgres.engine() as engine:
-            run_lock.mark_failed(engine, run_id)
+        run_lock.mark_failed(self.postgres.engine, run_id)
 
 
 def _env(name: str) -> Any:

@@ -1,5 +1,5 @@
 """The steps of one reconciliation run that are not a module of their own: open the report,
-test MongoDB, diff a chunk without failing the run, decide repairs, and the outbox retry and
+diff a chunk without failing the run, decide repairs, and the outbox retry and
 cleanup with their figures named as the report's columns (SPEC 4.1). The ops of
 `defs/ops.py` call them; the op graph (`defs/assets.py`) is the only place that puts them
 in order."""
@@ -70,14 +70,6 @@ def begin_run(engine: sa.Engine, scope: RunScope, started_at: datetime) -> int:
         "window_start": None if window.full_scan else window.start,
         "window_end": window.end, "full_scan": window.full_scan,
         "dry_run": scope.dry_run, "started_at": started_at})
-
-
-def mongo_reachable(db: Database[dict[str, Any]]) -> bool:
-    try:
-        db.client.admin.command("ping")
-        return True
-    except PyMongoError:
-        return False
 
 
 def safe_diff_chunk(engine: sa.Engine, db: Database[dict[str, Any]], config: ReconConfig,

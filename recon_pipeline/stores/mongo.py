@@ -55,3 +55,12 @@ def write_concern_failure(details: Mapping[str, Any]) -> str | None:
     if not concern:
         return None
     return f"MongoDB write concern error: {concern[0].get('errmsg', concern[0])}"
+
+
+def reachable(db: Database[Document]) -> bool:
+    """Whether the server answers a ping (within the client's server selection timeout)."""
+    try:
+        db.client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False

@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
 from recon_pipeline.engine.extract import STRAY_KEY
@@ -37,9 +37,9 @@ from recon_pipeline.model.mapping import EntityMapping, ReconConfig, Settings
 from recon_pipeline.model.masking import mask_text
 from recon_pipeline.model.normalize import ValueCoercionError, coerce_source_value, key_of
 from recon_pipeline.stores import reports
-from recon_pipeline.stores.mongo import mongo_error_text, write_concern_failure
+from recon_pipeline.stores.mongo import mongo_error_text
 from recon_pipeline.stores.reports import MismatchRow
-from recon_pipeline.stores.source import fetch_rows, mark_sync
+from recon_pipeline.stores.source import fetch_rows
 from recon_pipeline.stores.target import (
     KeyForms,
     KeyLayouts,
@@ -47,6 +47,7 @@ from recon_pipeline.stores.target import (
     TargetSnapshot,
     fetch_targets,
 )
+from recon_pipeline.stores.target_write import DUPLICATE_KEY, bulk_write_ops
 
 Outcome = tuple[int, str, str | None]  # (mismatch id, repair_status, repair_error)
 
@@ -164,20 +165,15 @@ def _write(db: Database[dict[str, Any]], entity: EntityMapping, plan: _Plan) -> 
     error fails every write of the plan: a fix not durable as asked is not verified."""
     if not plan.ops:
         return {}
-    try:
-        db[entity.target.collection].bulk_write(plan.ops, ordered=False)
-    except BulkWriteError as error:
-        failures: dict[int, str] = {}
-        for write_error in error.details.get("writeErrors", []):
-            if write_error.get("code") != 11000:
-                failures[plan.op_owner[write_error["index"]]] = mask_text(
-                    str(write_error.get("errmsg", "write failed")))
-        concern = write_concern_failure(error.details)
-        if concern:
-            for owner in plan.op_owner:
-                failures.setdefault(owner, mask_text(concern))
-        return failures
-    return {}
+    outcome = bulk_write_ops(db, entity, plan.ops)
+    failures: dict[int, str] = {}
+    for index, error in outcome.errors.items():
+        if error.code != DUPLICATE_KEY:
+            failures[plan.op_owner[index]] = mask_text(error.message or "write failed")
+    if outcome.write_concern_error:
+        for owner in plan.op_owner:
+            failures.setdefault(owner, mask_text(outcome.write_concern_error))
+    return failures
 
 
 def _verify(entity: EntityMapping, plan: _Plan, after: TargetSnapshot,
@@ -274,15 +270,6 @@ def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: b
     return outcomes, repaired, RepairStop(failures[min(failures)], False) if failures else None
 
 
-def _record(engine: sa.Engine, entity: EntityMapping, outcomes: list[Outcome],
-            repaired: list[Any], now: datetime) -> None:
-    """The group's outcomes and, where tracked, the sync status of what it repaired, in
-    one transaction."""
-    with engine.begin() as conn:
-        reports.set_repair_outcomes(conn, outcomes)
-        mark_sync(conn, entity, repaired, status="synced", at=now, error=None)
-
-
 def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
                    groups: Sequence[tuple[EntityMapping, Sequence[MismatchRow]]], *,
                    delete_orphans: bool, now: datetime,
@@ -308,8 +295,8 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
             outcomes, repaired, stop = _repair_group(db, group, delete_orphans, layouts)
             if recording is not None:
                 recording.result()
-            recording = postgres.submit(_record, engine, group.entity, outcomes, repaired,
-                                        now)
+            recording = postgres.submit(reports.record_repair_outcomes, engine, group.entity,
+                                        outcomes, repaired, now)
             if stop is not None:
                 break
         if recording is not None:

@@ -217,7 +217,8 @@ def test_postgres_work_runs_beside_the_mongodb_writes(
         return call
 
     monkeypatch.setattr(repair, "fetch_rows", on_thread("source reads", repair.fetch_rows))
-    monkeypatch.setattr(repair, "mark_sync", on_thread("sync marks", repair.mark_sync))
+    monkeypatch.setattr(repair.reports, "record_repair_outcomes",
+                        on_thread("sync marks", repair.reports.record_repair_outcomes))
     monkeypatch.setattr(repair, "_write", on_thread("mongodb writes", repair._write))
     _repair(pg_engine, mongo_db, config, report_id, group_size=2)
     caller = threading.current_thread().name

@@ -33,9 +33,10 @@ from recon_pipeline.model.mapping import EntityMapping, OutboxSettings, ReconCon
 from recon_pipeline.model.masking import mask_text
 from recon_pipeline.stores.mongo import mongo_error_text
 from recon_pipeline.stores.outbox import (
+    ClaimedBatch,
     FailedDelivery,
     OutboxMessage,
-    claim_due_messages,
+    claim_batch,
     mark_failed,
     mark_sent,
 )
@@ -73,24 +74,17 @@ def backoff_seconds(attempts: int, settings: OutboxSettings) -> float:
 
 @dataclass(slots=True)
 class _Batch:
-    """A claimed batch: its open transaction, its planned writes, its MongoDB phase."""
+    """A claimed batch: its claim (an open transaction), its planned writes, its MongoDB
+    phase."""
 
-    conn: sa.Connection
+    claim: ClaimedBatch
     stamp: datetime
     shares: list[EntityShare]
     outcomes: BatchOutcomes
     writing: Future[bool] | None = None  # True: MongoDB was unreachable
 
     def close(self, *, commit: bool) -> None:
-        if self.conn.closed:
-            return
-        try:
-            if commit:
-                self.conn.commit()
-            else:
-                self.conn.rollback()
-        finally:
-            self.conn.close()
+        self.claim.close(commit=commit)
 
 
 def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config: ReconConfig,
@@ -134,7 +128,7 @@ def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config
                 if following is not None and not unreachable:
                     following.writing = writer.submit(_write_batch, mongo_db, following,
                                                       layouts)
-                result = _record(current.conn, settings, current.outcomes, current.stamp,
+                result = _record(current.claim.conn, settings, current.outcomes, current.stamp,
                                  secrets)
                 current.close(commit=True)
                 open_batches.remove(current)
@@ -151,22 +145,18 @@ def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config
 
 
 def _claim_and_plan(engine: sa.Engine, config: ReconConfig, stamp: datetime) -> _Batch | None:
-    conn = engine.connect()
+    claim = claim_batch(engine, stamp, config.settings.outbox.batch_size)
+    if claim is None:
+        return None
     try:
-        conn.begin()
-        messages = claim_due_messages(conn, stamp, config.settings.outbox.batch_size)
-        if not messages:
-            conn.rollback()
-            conn.close()
-            return None
         outcomes = BatchOutcomes()
-        plans = plan_batch(config, messages, outcomes)
+        plans = plan_batch(config, claim.messages, outcomes)
         shares = [prepare_entity(entity, group, outcomes) for entity in config.entities
                   if (group := [p for p in plans if p.entity is entity])]
     except BaseException:
-        conn.close()
+        claim.close(commit=False)
         raise
-    return _Batch(conn, stamp, shares, outcomes)
+    return _Batch(claim, stamp, shares, outcomes)
 
 
 def plan_batch(config: ReconConfig, messages: Sequence[OutboxMessage],

@@ -16,7 +16,7 @@ from typing import Any
 
 from bson.errors import InvalidDocument
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from recon_pipeline.engine.outbox.plan import PlannedDelivery
 from recon_pipeline.engine.projection import (
@@ -30,7 +30,6 @@ from recon_pipeline.engine.projection import (
 )
 from recon_pipeline.model.mapping import EntityMapping
 from recon_pipeline.model.normalize import ValueCoercionError
-from recon_pipeline.stores.mongo import write_concern_failure
 from recon_pipeline.stores.outbox import OutboxMessage
 from recon_pipeline.stores.target import (
     KeyForms,
@@ -39,8 +38,7 @@ from recon_pipeline.stores.target import (
     TargetSnapshot,
     fetch_targets,
 )
-
-DUPLICATE_KEY = 11000
+from recon_pipeline.stores.target_write import DUPLICATE_KEY, WriteError, bulk_write_ops
 
 
 @dataclass(slots=True)
@@ -57,12 +55,6 @@ class BatchOutcomes:
     deferred: list[tuple[PlannedDelivery, str]] = field(default_factory=list)
     # (older, newest) for one record: the older follows the newest's verdict once known.
     superseded: list[tuple[PlannedDelivery, PlannedDelivery]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class WriteError:
-    code: int | None
-    message: str
 
 
 @dataclass(slots=True)
@@ -220,22 +212,12 @@ def _deliver_deletes(db: Database[dict[str, Any]], entity: EntityMapping,
 
 def _bulk_write(db: Database[dict[str, Any]], entity: EntityMapping,
                 ops: list[WriteOp]) -> tuple[dict[int, WriteError], int]:
-    """Run `ops` unordered; (write errors by op index, documents matched or upserted)."""
-    if not ops:
-        return {}, 0
+    """Run `ops` unordered; (write errors by op index, documents matched or upserted).
+    A lost connection is raised: the caller decides what an outage costs."""
     try:
-        result = db[entity.target.collection].bulk_write(ops, ordered=False)
+        outcome = bulk_write_ops(db, entity, ops)
     except ConnectionFailure:
         raise
-    except BulkWriteError as error:
-        details = error.details
-        errors = {e["index"]: WriteError(e.get("code"), _write_error(e))
-                  for e in details.get("writeErrors", [])}
-        concern = write_concern_failure(details)
-        if concern:  # try again
-            errors.update({i: WriteError(None, concern) for i in range(len(ops))
-                           if i not in errors})
-        return errors, int(details.get("nMatched", 0)) + int(details.get("nUpserted", 0))
     except InvalidDocument as error:  # refused by the client before sending: nothing done
         text = f"MongoDB write not sent: {error}"
         return {i: WriteError(None, text) for i in range(len(ops))}, 0
@@ -245,8 +227,12 @@ def _bulk_write(db: Database[dict[str, Any]], entity: EntityMapping,
         reason = details.get("errmsg") or str(error)
         text = f"MongoDB write failed: {reason}" + (f" (code {code})" if code else "")
         return {i: WriteError(code, text) for i in range(len(ops))}, 0
-    return {}, result.matched_count + result.upserted_count
+    errors = {index: WriteError(e.code, _write_error(e)) for index, e in outcome.errors.items()}
+    if outcome.write_concern_error:  # try again
+        errors.update({i: WriteError(None, outcome.write_concern_error)
+                       for i in range(len(ops)) if i not in errors})
+    return errors, outcome.applied
 
 
-def _write_error(error: dict[str, Any]) -> str:
-    return f"MongoDB write error {error.get('code')}: {error.get('errmsg', '')}".strip()
+def _write_error(error: WriteError) -> str:
+    return f"MongoDB write error {error.code}: {error.message}".strip()

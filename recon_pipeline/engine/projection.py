@@ -3,7 +3,8 @@ delivery and the demo seeder alike.
 
 Every write carries a version guard: the source `updated_at` is stored beside the document
 or array element as `VERSION_FIELD`, and a write only applies where the stored version is
-missing or not newer than the row's.
+not newer than the row's. Where `VERSION_FIELD` is missing or null (a document or element
+the application wrote itself), the mapped `updated_at` field stands in for it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from pymongo import DeleteOne, UpdateOne
 
 from recon_pipeline.engine.mapping import EntityMapping
-from recon_pipeline.engine.normalize import ValueKind, to_bson_value
+from recon_pipeline.engine.normalize import ValueCoercionError, ValueKind, to_bson_value
 from recon_pipeline.stores.target import VERSION_FIELD, TargetRecord, TargetSnapshot
 
 Row = Mapping[str, Any]
@@ -73,13 +74,32 @@ def projected_fields(entity: EntityMapping, row: Row) -> dict[str, Any]:
             for f in entity.fields if not f.ignore}
 
 
-def version_guard(version: datetime | None) -> dict[str, Any]:
-    """Match a target whose recorded version is missing, null or not newer than `version`.
-    `$not: {$gt}` says that in one clause: an `$or` of the cases is equivalent but makes
-    secantusdb scan the collection for every write (1.8 writes/s instead of ~500)."""
+def version_guard(version: datetime | None, fallback: str | None) -> dict[str, Any]:
+    """Match a target whose version is not newer than `version`: its `VERSION_FIELD`, or
+    where that is missing or null, its `fallback` field (the mapped `updated_at`; None: the
+    entity maps none). Each case is a conjunct of its own: `$not: {$gt}` for the recorded
+    version, `$nor` of the one "no recorded version, newer stand-in" case. An `$or` of the
+    cases is equivalent but makes secantusdb scan the collection for every write (1.8
+    writes/s instead of ~500); this shape keeps its per-key plan (measured in the issue 9
+    work: within a few percent of the guard without stand-in)."""
     if version is None:
-        return {VERSION_FIELD: None}
-    return {VERSION_FIELD: {"$not": {"$gt": version}}}
+        # Nothing is older than no version: only a target without any version matches.
+        if fallback is None:
+            return {VERSION_FIELD: None}
+        return {VERSION_FIELD: None, fallback: {"$not": {"$type": "date"}}}
+    guard: dict[str, Any] = {VERSION_FIELD: {"$not": {"$gt": version}}}
+    if fallback is not None:
+        guard["$nor"] = [{VERSION_FIELD: None, fallback: {"$gt": version}}]
+    return guard
+
+
+def exact_version(version: datetime | None, version_field: str) -> dict[str, Any]:
+    """Match the target only while its version is still `version`, read from
+    `version_field` (a TargetRecord's)."""
+    if version_field == VERSION_FIELD:
+        return {VERSION_FIELD: version}
+    stand_in = version if version is not None else {"$not": {"$type": "date"}}
+    return {VERSION_FIELD: None, version_field: stand_in}
 
 
 def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,7 +121,8 @@ def upsert_ops(entity: EntityMapping, row: Row, presence: Presence) -> list[Writ
     embedded = entity.target.embedded
     if embedded is None:
         return [UpdateOne(
-            {entity.target.key: source_key(entity, row), **version_guard(version)},
+            {entity.target.key: source_key(entity, row),
+             **version_guard(version, entity.version_fallback)},
             {"$set": {**fields, VERSION_FIELD: version}},
             upsert=True,  # a newer document already there makes this a duplicate-key no-op
         )]
@@ -111,7 +132,8 @@ def upsert_ops(entity: EntityMapping, row: Row, presence: Presence) -> list[Writ
     if presence is Presence.PRESENT:
         sets = {f"{array}.$[e].{path}": value for path, value in fields.items()}
         return [UpdateOne(
-            {"_id": parent, array: {"$elemMatch": {element_key: key, **version_guard(version)}}},
+            {"_id": parent, array: {"$elemMatch": {
+                element_key: key, **version_guard(version, entity.version_fallback)}}},
             {"$set": {**sets, f"{array}.$[e].{VERSION_FIELD}": version}},
             array_filters=[{f"e.{element_key}": key}],
         )]
@@ -124,11 +146,27 @@ def upsert_ops(entity: EntityMapping, row: Row, presence: Presence) -> list[Writ
     )]
 
 
+def version_bump_ops(entity: EntityMapping, rows: list[dict[str, Any]]) -> list[WriteOp]:
+    """Give the target the version that sync marks gave these rows (a trigger bumped their
+    `updated_at`): each row as it is now, guarded like any write, updated in place (an
+    element is never pushed here). A row MongoDB cannot hold exactly is left out: the next
+    run reports and repairs it, with the error."""
+    ops: list[WriteOp] = []
+    for row in rows:
+        try:
+            ops += upsert_ops(entity, row, Presence.PRESENT)
+        except ValueCoercionError:
+            continue
+    return ops
+
+
 def delete_ops(entity: EntityMapping, key: Any, parent: Any, version: datetime | None,
-               *, exact: bool) -> list[WriteOp]:
-    """Remove a document or element. `exact`: only if its version is still `version` (an
-    orphan as seen); otherwise only if it is not newer than `version` (a delete message)."""
-    guard = {VERSION_FIELD: version} if exact else version_guard(version)
+               *, exact: bool, version_field: str = VERSION_FIELD) -> list[WriteOp]:
+    """Remove a document or element. `exact`: only if its version is still `version`, as
+    read from `version_field` (an orphan as seen); otherwise only if it is not newer than
+    `version` (a delete message)."""
+    guard = (exact_version(version, version_field) if exact
+             else version_guard(version, entity.version_fallback))
     embedded = entity.target.embedded
     if embedded is None:
         return [DeleteOne({entity.target.key: key, **guard})]

@@ -28,13 +28,19 @@ from recon_pipeline.engine.projection import (
     presence_in,
     row_version,
     upsert_ops,
+    version_bump_ops,
 )
 from recon_pipeline.masking import mask_text
 from recon_pipeline.stores import reports
 from recon_pipeline.stores.mongo import write_concern_failure
 from recon_pipeline.stores.reports import MismatchRow
 from recon_pipeline.stores.source import fetch_rows, mark_sync
-from recon_pipeline.stores.target import TargetRecord, TargetSnapshot, fetch_targets
+from recon_pipeline.stores.target import (
+    TargetRecord,
+    TargetSnapshot,
+    fetch_targets,
+    write_best_effort,
+)
 
 Outcome = tuple[int, str, str | None]  # (mismatch id, repair_status, repair_error)
 
@@ -93,7 +99,9 @@ def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
                 plan.outcomes.append((mismatch.id, "reported", None))
             else:
                 plan.write(mismatch.id, delete_ops(entity, key, parent, record.version,
-                                                   exact=True), key, None, parent)
+                                                   exact=True,
+                                                   version_field=record.version_field),
+                           key, None, parent)
             continue
         if source is None:
             # Deleted at the source since detection: the next run judges what is left.
@@ -205,13 +213,24 @@ def _repair_group(db: Database[dict[str, Any]], group: _Group,
     return outcomes, repaired
 
 
+_Bumps = tuple[EntityMapping, list[WriteOp]]
+
+
 def _record(engine: sa.Engine, entity: EntityMapping, outcomes: list[Outcome],
-            repaired: list[Any], now: datetime) -> None:
+            repaired: list[Any], now: datetime) -> _Bumps:
     """The group's outcomes and, where tracked, the sync status of what it repaired, in
-    one transaction."""
+    one transaction. Returns the writes that give MongoDB the versions the marks bumped,
+    to be made once committed (a version the source may still roll back must not reach
+    MongoDB: its guard would then refuse every repair of the row)."""
     with engine.begin() as conn:
         reports.set_repair_outcomes(conn, outcomes)
-        mark_sync(conn, entity, repaired, status="synced", at=now, error=None)
+        bumped = mark_sync(conn, entity, repaired, status="synced", at=now, error=None)
+    return entity, version_bump_ops(entity, bumped)
+
+
+def _give_bumped_versions(db: Database[dict[str, Any]], bumps: _Bumps) -> None:
+    entity, ops = bumps
+    write_best_effort(db, entity.target.collection, ops)
 
 
 def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
@@ -225,18 +244,18 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-repair") as postgres:
         reading = postgres.submit(_read_group, engine, *groups[0])
-        recording: Future[None] | None = None
+        recording: Future[_Bumps] | None = None
         for index in range(len(groups)):
             group = reading.result()
             if index + 1 < len(groups):
                 reading = postgres.submit(_read_group, engine, *groups[index + 1])
             outcomes, repaired = _repair_group(db, group, delete_orphans)
             if recording is not None:
-                recording.result()
+                _give_bumped_versions(db, recording.result())
             recording = postgres.submit(_record, engine, group.entity, outcomes, repaired,
                                         now)
         if recording is not None:
-            recording.result()
+            _give_bumped_versions(db, recording.result())
 
 
 def repair_batch(engine: sa.Engine, db: Database[dict[str, Any]], config: ReconConfig,

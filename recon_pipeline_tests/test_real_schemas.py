@@ -390,6 +390,36 @@ def test_a_repair_never_overwrites_a_newer_application_document(
         "_id": 2, "subject": "closed", "updated_at": OLD, "_recon_version": OLD}
 
 
+def test_a_recorded_version_decides_over_a_newer_updated_at(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path
+) -> None:
+    """Documents this project wrote (`_recon_version` older than the row) whose
+    `updated_at` someone moved later: `_recon_version` is the version (SPEC 6), for the
+    outbox (whose blind guard refuses these, then judges them on a fresh read) and repair."""
+    create_tickets(pg_engine)
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("insert into tickets values (4, 'from message', :old), "
+                             "(5, 'from source', :old)"), {"old": OLD})
+    earlier = OLD - timedelta(minutes=10)
+    mongo_db.tickets.insert_many([
+        {"_id": key, "subject": "edited", "updated_at": NEW, "_recon_version": earlier}
+        for key in (4, 5)])
+    add_outbox(pg_engine, [("tickets", 4, {"id": 4, "subject": "from message",
+                                           "updated_at": OLD.isoformat()})])
+
+    row = run_job(pg_url, mongo_db, write_mapping(tmp_path, TICKETS),
+                  window_start=W0, window_end=W1)
+    assert counts(row) == {
+        "records_checked": 2, "mismatches_found": 1, "missing_in_mongo": 0,
+        "field_mismatches": 1, "orphans_in_mongo": 0, "repaired": 1, "repair_failed": 0,
+        "outbox_attempted": 1, "outbox_sent": 1, "outbox_stale": 0, "outbox_failed": 0,
+        "outbox_dead": 0}
+    assert outbox_statuses(pg_engine) == [("tickets", "4", "sent", 0)]
+    assert list(mongo_db.tickets.find({}, sort=[("_id", 1)])) == [
+        {"_id": 4, "subject": "from message", "updated_at": OLD, "_recon_version": OLD},
+        {"_id": 5, "subject": "from source", "updated_at": OLD, "_recon_version": OLD}]
+
+
 # --- a trigger that bumps updated_at on every update ------------------------------------------
 
 INVOICES = """\

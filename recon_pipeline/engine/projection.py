@@ -74,23 +74,32 @@ def projected_fields(entity: EntityMapping, row: Row) -> dict[str, Any]:
             for f in entity.fields if not f.ignore}
 
 
-def version_guard(version: datetime | None, fallback: str | None) -> dict[str, Any]:
-    """Match a target whose version is not newer than `version`: its `VERSION_FIELD`, or
-    where that is missing or null, its `fallback` field (the mapped `updated_at`; None: the
-    entity maps none). Each case is a conjunct of its own: `$not: {$gt}` for the recorded
-    version, `$nor` of the one "no recorded version, newer stand-in" case. An `$or` of the
-    cases is equivalent but makes secantusdb scan the collection for every write (1.8
-    writes/s instead of ~500); this shape keeps its per-key plan (measured in the issue 9
-    work: within a few percent of the guard without stand-in)."""
+def version_guard(version: datetime | None, fallback: str | None,
+                  recorded: bool | None = None) -> dict[str, Any]:
+    """Match a target whose version is not newer than `version`. Its version is its
+    `VERSION_FIELD`, or where that is missing or null (the application wrote it) its
+    `fallback` field, the mapped `updated_at` (None: the entity maps none).
+
+    "This field, else that one" needs an `$or`/`$nor` at the top of the filter, and any
+    top-level operator makes secantusdb scan the whole collection for every write (1.8
+    writes/s instead of ~500): its planner then uses no index at all, not even `_id`. So
+    every clause here is on one field, and the caller says what its read of the target
+    found (`recorded`): True, a `VERSION_FIELD`; False, none (the fallback decides). None
+    (no read, or no target): both fields must not be newer. That is exact for a missing
+    target, for ours and for the application's; it refuses the rare target whose recorded
+    version is older but whose `updated_at` is newer: the caller re-reads what a guard
+    refused and judges it (`newer_than`)."""
+    if fallback is None:
+        return {VERSION_FIELD: None if version is None else {"$not": {"$gt": version}}}
     if version is None:
         # Nothing is older than no version: only a target without any version matches.
-        if fallback is None:
-            return {VERSION_FIELD: None}
         return {VERSION_FIELD: None, fallback: {"$not": {"$type": "date"}}}
-    guard: dict[str, Any] = {VERSION_FIELD: {"$not": {"$gt": version}}}
-    if fallback is not None:
-        guard["$nor"] = [{VERSION_FIELD: None, fallback: {"$gt": version}}]
-    return guard
+    not_newer = {"$not": {"$gt": version}}
+    if recorded is None:
+        return {VERSION_FIELD: not_newer, fallback: not_newer}
+    if recorded:
+        return {VERSION_FIELD: {"$lte": version}}
+    return {VERSION_FIELD: None, fallback: not_newer}
 
 
 def exact_version(version: datetime | None, version_field: str) -> dict[str, Any]:
@@ -114,15 +123,18 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def upsert_ops(entity: EntityMapping, row: Row, presence: Presence) -> list[WriteOp]:
-    """The guarded write that makes the target hold this row's mapped fields."""
+def upsert_ops(entity: EntityMapping, row: Row, presence: Presence,
+               seen: TargetRecord | None = None) -> list[WriteOp]:
+    """The guarded write that makes the target hold this row's mapped fields; `seen`: the
+    target as read before writing, if it was (see `version_guard`)."""
     version = row_version(entity, row)
+    recorded = None if seen is None else seen.version_field == VERSION_FIELD
     fields = projected_fields(entity, row)
     embedded = entity.target.embedded
     if embedded is None:
         return [UpdateOne(
             {entity.target.key: source_key(entity, row),
-             **version_guard(version, entity.version_fallback)},
+             **version_guard(version, entity.version_fallback, recorded)},
             {"$set": {**fields, VERSION_FIELD: version}},
             upsert=True,  # a newer document already there makes this a duplicate-key no-op
         )]
@@ -133,7 +145,7 @@ def upsert_ops(entity: EntityMapping, row: Row, presence: Presence) -> list[Writ
         sets = {f"{array}.$[e].{path}": value for path, value in fields.items()}
         return [UpdateOne(
             {"_id": parent, array: {"$elemMatch": {
-                element_key: key, **version_guard(version, entity.version_fallback)}}},
+                element_key: key, **version_guard(version, entity.version_fallback, recorded)}}},
             {"$set": {**sets, f"{array}.$[e].{VERSION_FIELD}": version}},
             array_filters=[{f"e.{element_key}": key}],
         )]
@@ -161,12 +173,16 @@ def version_bump_ops(entity: EntityMapping, rows: list[dict[str, Any]]) -> list[
 
 
 def delete_ops(entity: EntityMapping, key: Any, parent: Any, version: datetime | None,
-               *, exact: bool, version_field: str = VERSION_FIELD) -> list[WriteOp]:
-    """Remove a document or element. `exact`: only if its version is still `version`, as
-    read from `version_field` (an orphan as seen); otherwise only if it is not newer than
-    `version` (a delete message)."""
-    guard = (exact_version(version, version_field) if exact
-             else version_guard(version, entity.version_fallback))
+               *, exact: bool, seen: TargetRecord | None = None) -> list[WriteOp]:
+    """Remove a document or element. `exact`: only if its version is still `version` as
+    `seen` read it (an orphan); otherwise only if it is not newer than `version` (a delete
+    message; `seen`: the target as read, if it was)."""
+    if exact:
+        assert seen is not None
+        guard = exact_version(version, seen.version_field)
+    else:
+        recorded = None if seen is None else seen.version_field == VERSION_FIELD
+        guard = version_guard(version, entity.version_fallback, recorded)
     embedded = entity.target.embedded
     if embedded is None:
         return [DeleteOne({entity.target.key: key, **guard})]

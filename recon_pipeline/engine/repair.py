@@ -99,8 +99,7 @@ def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
                 plan.outcomes.append((mismatch.id, "reported", None))
             else:
                 plan.write(mismatch.id, delete_ops(entity, key, parent, record.version,
-                                                   exact=True,
-                                                   version_field=record.version_field),
+                                                   exact=True, seen=record),
                            key, None, parent)
             continue
         if source is None:
@@ -113,7 +112,9 @@ def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
             plan.outcomes.append((mismatch.id, "resolved", None))
             continue
         presence = presence_in(snapshot, entity, key, parent)
-        plan.write(mismatch.id, upsert_ops(entity, source, presence), key, source, parent)
+        seen = _record_for(entity, snapshot, key, parent)
+        plan.write(mismatch.id, upsert_ops(entity, source, presence, seen), key, source,
+                   parent)
     return plan
 
 

@@ -97,8 +97,8 @@ def version_guard(version: datetime | None, fallback: str | None,
     not_newer = {"$not": {"$gt": version}}
     if recorded is None:
         return {VERSION_FIELD: not_newer, fallback: not_newer}
-    if recorded:
-        return {VERSION_FIELD: {"$lte": version}}
+    if recorded:  # (`$lte` says the same, ~10% slower on secantusdb)
+        return {VERSION_FIELD: {**not_newer, "$type": "date"}}
     return {VERSION_FIELD: None, fallback: not_newer}
 
 

@@ -422,7 +422,7 @@ def test_a_recorded_version_decides_over_a_newer_updated_at(
 
 # --- a trigger that bumps updated_at on every update ------------------------------------------
 
-INVOICES = """\
+INVOICES = {"document": """\
 invoices:
   source:
     table: invoices
@@ -431,15 +431,26 @@ invoices:
     sync_tracking: {status: sync_status, synced_at: synced_at, error: sync_error}
   target: {collection: invoices, key: _id}
   fields: {amount: amount, state: state, updated_at: updated_at}
-"""
+""", "embedded": """\
+invoices:
+  source:
+    table: invoices
+    key: id
+    updated_at: updated_at
+    sync_tracking: {status: sync_status, synced_at: synced_at, error: sync_error}
+  target:
+    collection: accounts
+    embedded: {array: invoices, parent_key: account, element_key: invoice_id}
+  fields: {amount: amount, state: state, updated_at: updated_at}
+"""}
 
 
 def create_invoices(engine: sa.Engine, rows: int) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text(
-            "create table invoices (id bigint primary key, amount numeric(12,2), state text,"
-            " sync_status text default 'pending', synced_at timestamptz, sync_error text,"
-            " updated_at timestamptz)"))
+            "create table invoices (id bigint primary key, account text default 'A1',"
+            " amount numeric(12,2), state text, sync_status text default 'pending',"
+            " synced_at timestamptz, sync_error text, updated_at timestamptz)"))
         conn.execute(sa.text(
             "create function touch() returns trigger language plpgsql as"
             " $$ begin new.updated_at := now(); return new; end $$"))
@@ -457,16 +468,34 @@ def invoice_rows(engine: sa.Engine) -> dict[int, tuple[str, datetime]]:
             "select id, sync_status, updated_at from invoices order by id"))}
 
 
+def seed_invoice_targets(db: Database[Any], shape: str,
+                         targets: list[dict[str, Any]]) -> None:
+    if shape == "document":
+        db.invoices.insert_many([{"_id": t.pop("invoice_id"), **t} for t in targets])
+    else:
+        db.accounts.insert_one({"_id": "A1", "invoices": targets})
+
+
+def invoice_targets(db: Database[Any], shape: str) -> dict[int, dict[str, Any]]:
+    """Each invoice's document or element, by invoice id."""
+    if shape == "document":
+        return {d.pop("_id"): d for d in db.invoices.find()}
+    [account] = db.accounts.find()
+    return {e.pop("invoice_id"): e for e in account["invoices"]}
+
+
+@pytest.mark.parametrize("shape", ["document", "embedded"])
 def test_sync_marks_bumped_by_a_trigger_do_not_cause_another_repair(
-    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path, shape: str
 ) -> None:
     create_invoices(pg_engine, 6)
     seeded = invoice_rows(pg_engine)
     # 1 and 2 missing in MongoDB, 3 and 4 drifted, 5 and 6 right.
-    mongo_db.invoices.insert_many([
-        {"_id": i, "amount": Decimal128(f"{i * 10.5:.2f}" if i > 4 else "0"), "state": "open",
-         "updated_at": seeded[i][1], "_recon_version": seeded[i][1]} for i in range(3, 7)])
-    mapping = write_mapping(tmp_path, INVOICES, settle_seconds=0)
+    seed_invoice_targets(mongo_db, shape, [
+        {"invoice_id": i, "amount": Decimal128(f"{i * 10.5:.2f}" if i > 4 else "0"),
+         "state": "open", "updated_at": seeded[i][1], "_recon_version": seeded[i][1]}
+        for i in range(3, 7)])
+    mapping = write_mapping(tmp_path, INVOICES[shape], settle_seconds=0)
 
     first = run_job(pg_url, mongo_db, mapping, window_start=W0,
                     window_end=datetime.now(UTC))
@@ -474,29 +503,32 @@ def test_sync_marks_bumped_by_a_trigger_do_not_cause_another_repair(
             first["repaired"], first["repair_failed"]) == (6, 2, 2, 4, 0)
     marked = invoice_rows(pg_engine)
     assert [marked[i][0] for i in range(1, 7)] == ["synced"] * 4 + ["pending"] * 2
-    for i in range(1, 5):  # the marks bumped the versions; MongoDB got them too
-        assert marked[i][1] > seeded[i][1]
-        document = mongo_db.invoices.find_one({"_id": i})
-        assert (document["updated_at"], document["_recon_version"]) == (
-            utc(marked[i][1]), utc(marked[i][1]))
     assert [marked[i][1] for i in (5, 6)] == [seeded[i][1] for i in (5, 6)]
+    targets = invoice_targets(mongo_db, shape)
+    for i in range(1, 7):  # the marks bumped 1-4; MongoDB got those versions too
+        assert marked[i][1] > seeded[i][1] or i > 4
+        assert targets[i] == {"amount": Decimal128(f"{i * 10.5:.2f}"), "state": "open",
+                              "updated_at": utc(marked[i][1]),
+                              "_recon_version": utc(marked[i][1])}
 
     second = run_job(pg_url, mongo_db, mapping, window_start=W0,
                      window_end=datetime.now(UTC))
     assert (second["records_checked"], second["mismatches_found"], second["repaired"],
             second["status"]) == (6, 0, 0, "success")
     assert invoice_rows(pg_engine) == marked  # no more marks, no more bumps
+    assert invoice_targets(mongo_db, shape) == targets
 
 
+@pytest.mark.parametrize("shape", ["document", "embedded"])
 def test_sync_marks_of_outbox_deliveries_bumped_by_a_trigger_converge(
-    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path, shape: str
 ) -> None:
     create_invoices(pg_engine, 3)
     seeded = invoice_rows(pg_engine)
     add_outbox(pg_engine, [("invoices", i, {
-        "id": i, "amount": f"{i * 10.5:.2f}", "state": "open",
+        "id": i, "account": "A1", "amount": f"{i * 10.5:.2f}", "state": "open",
         "updated_at": seeded[i][1].isoformat()}) for i in (1, 2, 3)])
-    mapping = write_mapping(tmp_path, INVOICES, settle_seconds=0)
+    mapping = write_mapping(tmp_path, INVOICES[shape], settle_seconds=0)
     seeded_at = datetime.now(UTC)
 
     first = run_job(pg_url, mongo_db, mapping, window_start=W0, window_end=seeded_at)
@@ -504,14 +536,16 @@ def test_sync_marks_of_outbox_deliveries_bumped_by_a_trigger_converge(
     # The diff ran after delivery: the marks had moved every row past this window's end.
     assert (first["records_checked"], first["mismatches_found"]) == (0, 0)
     marked = invoice_rows(pg_engine)
+    targets = invoice_targets(mongo_db, shape)
     for i in (1, 2, 3):
         assert marked[i][0] == "synced" and marked[i][1] > seeded_at
-        document = mongo_db.invoices.find_one({"_id": i})
-        assert (document["updated_at"], document["_recon_version"]) == (
-            utc(marked[i][1]), utc(marked[i][1]))
+        assert targets[i] == {"amount": Decimal128(f"{i * 10.5:.2f}"), "state": "open",
+                              "updated_at": utc(marked[i][1]),
+                              "_recon_version": utc(marked[i][1])}
 
     second = run_job(pg_url, mongo_db, mapping, window_start=W0,
                      window_end=datetime.now(UTC))
     assert (second["records_checked"], second["mismatches_found"], second["repaired"],
             second["outbox_attempted"], second["status"]) == (3, 0, 0, 0, "success")
     assert invoice_rows(pg_engine) == marked
+    assert invoice_targets(mongo_db, shape) == targets

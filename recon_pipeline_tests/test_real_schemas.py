@@ -59,9 +59,11 @@ def counts(row: dict[str, Any]) -> dict[str, int]:
     return {name: row[name] for name in names}
 
 
-def write_mapping(tmp_path: Path, entities: str, *, settle_seconds: int = 60) -> Path:
+def write_mapping(tmp_path: Path, entities: str, *, settle_seconds: int = 60,
+                  delete_orphans: bool = False) -> Path:
     path = tmp_path / "mapping.yaml"
-    path.write_text(f"settings: {{settle_seconds: {settle_seconds}}}\nentities:\n"
+    path.write_text(f"settings: {{settle_seconds: {settle_seconds}, "
+                    f"delete_orphans: {str(delete_orphans).lower()}}}\nentities:\n"
                     + textwrap.indent(textwrap.dedent(entities), "  "))
     return path
 
@@ -418,6 +420,28 @@ def test_a_recorded_version_decides_over_a_newer_updated_at(
     assert list(mongo_db.tickets.find({}, sort=[("_id", 1)])) == [
         {"_id": 4, "subject": "from message", "updated_at": OLD, "_recon_version": OLD},
         {"_id": 5, "subject": "from source", "updated_at": OLD, "_recon_version": OLD}]
+
+
+def test_orphans_the_application_wrote_are_deleted_while_unchanged(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path
+) -> None:
+    """With `delete_orphans`, an orphan without `_recon_version` (its `updated_at` is its
+    version) is deleted only as it was read: documents and elements alike."""
+    create_tickets(pg_engine)
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("insert into tickets values (1, 'kept', :old)"), {"old": OLD})
+    mongo_db.tickets.insert_many([
+        {"_id": 1, "subject": "kept", "updated_at": OLD, "notes": [
+            {"note_id": 10, "body": "orphan note", "updated_at": OLD},
+            {"note_id": 11, "body": "undated orphan note"}]},
+        {"_id": 7, "subject": "orphan", "updated_at": OLD, "owner": "app"}])
+    mapping = write_mapping(tmp_path, TICKETS, delete_orphans=True)
+
+    row = run_job(pg_url, mongo_db, mapping, full_scan=True)
+    assert (row["records_checked"], row["orphans_in_mongo"], row["repaired"],
+            row["repair_failed"]) == (1, 3, 3, 0)
+    assert list(mongo_db.tickets.find()) == [
+        {"_id": 1, "subject": "kept", "updated_at": OLD, "notes": []}]
 
 
 # --- a trigger that bumps updated_at on every update ------------------------------------------

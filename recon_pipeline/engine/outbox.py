@@ -131,9 +131,10 @@ def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config
                                         current.stamp, secrets)
                 current.close(commit=True)
                 open_batches.remove(current)
-                if not unreachable:
-                    for entity, ops in bumps:  # only once the marks are committed
-                        write_best_effort(mongo_db, entity.target.collection, ops)
+                if not unreachable:  # once the marks are committed; writes never overlap
+                    for entity, ops in bumps:
+                        writer.submit(write_best_effort, mongo_db, entity.target.collection,
+                                      ops)
                 if unreachable:
                     total += OutboxResult(result.attempted, 0, result.failed, result.dead, 0,
                                           mongo_unreachable=True)

@@ -17,7 +17,7 @@ from operator import itemgetter
 from typing import Any
 
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from recon_pipeline.engine.diff import order_key
 from recon_pipeline.engine.mapping import EntityMapping
@@ -35,6 +35,9 @@ class TargetRecord:
     parent: Any | None  # embedded: the parent document's key
     values: dict[str, Any]  # mapped target path -> value, MISSING when absent
     version: datetime | None
+    # Where `version` was read: VERSION_FIELD, or (when that is missing or null: the
+    # application wrote the document) the mapped `updated_at` path standing in for it.
+    version_field: str = VERSION_FIELD
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +64,16 @@ def get_path(document: Document, path: str) -> Any:
 
 
 def _record(entity: EntityMapping, key: Any, parent: Any, node: Document) -> TargetRecord:
-    return TargetRecord(
-        key=key,
-        parent=parent,
-        values={path: get_path(node, path) if dotted else node.get(path, MISSING)
-                for _, path, dotted, _, _ in entity.compare_plan},
-        version=node.get(VERSION_FIELD),
-    )
+    values = {path: get_path(node, path) if dotted else node.get(path, MISSING)
+              for _, path, dotted, _, _ in entity.compare_plan}
+    version = node.get(VERSION_FIELD)
+    fallback = entity.version_fallback
+    if version is None and fallback is not None:
+        # Only a date orders versions (the guarded filters' `$gt` compares dates only).
+        stand_in = values.get(fallback)
+        return TargetRecord(key, parent, values,
+                            stand_in if isinstance(stand_in, datetime) else None, fallback)
+    return TargetRecord(key=key, parent=parent, values=values, version=version)
 
 
 def projection_of(entity: EntityMapping) -> dict[str, int]:
@@ -381,3 +387,15 @@ def _create_key_index(db: Database[Document], entity: EntityMapping) -> str:
             f"mapping entity '{entity.name}': {key_index_name(entity)} has an index that is "
             f"not unique; drop it so that db init can create a unique one") from None
     return f"{entity.target.collection}.{name}"
+
+
+def write_best_effort(db: Database[Document], collection: str, ops: Sequence[Any]) -> None:
+    """An unordered bulk write whose failures are not reported: for writes that a later run
+    makes anyway when they fail (a refused guard is a duplicate key or no match; any other
+    error leaves the target a version behind, which the next run finds and repairs)."""
+    if not ops:
+        return
+    try:
+        db[collection].bulk_write(list(ops), ordered=False)
+    except PyMongoError:
+        return

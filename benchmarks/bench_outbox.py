@@ -118,7 +118,7 @@ def per_message_baseline(engine: sa.Engine, db: Database[dict[str, Any]],
         for message_id, row in zip(ids, rows, strict=True):
             version = row_version(entity, row)
             collection.update_one(
-                {"_id": row["id"], **version_guard(version)},
+                {"_id": row["id"], **version_guard(version, entity.version_fallback)},
                 {"$set": {**projected_fields(entity, row), VERSION_FIELD: version}}, upsert=True)
             conn.execute(sa.update(schema.outbox_messages).where(m.id == message_id)
                          .values(status="sent", processed_at=NOW))

@@ -3,7 +3,8 @@ delivery and the demo seeder alike.
 
 Every write carries a version guard: the source `updated_at` is stored beside the document
 or array element as `VERSION_FIELD`, and a write only applies where the stored version is
-missing or not newer than the row's.
+not newer than the row's. Where `VERSION_FIELD` is missing or null (a document or element
+the application wrote itself), the mapped `updated_at` field stands in for it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from typing import Any
 from pymongo import DeleteOne, UpdateOne
 
 from recon_pipeline.model.mapping import EntityMapping
-from recon_pipeline.model.normalize import ValueKind, key_forms, to_bson_value
+from recon_pipeline.model.normalize import (
+    ValueCoercionError,
+    ValueKind,
+    key_forms,
+    to_bson_value,
+)
 from recon_pipeline.stores.target import VERSION_FIELD, KeyForms, TargetRecord, TargetSnapshot
 
 Row = Mapping[str, Any]
@@ -104,13 +110,41 @@ def projected_fields(entity: EntityMapping, row: Row) -> dict[str, Any]:
             for f in entity.fields if not f.ignore}
 
 
-def version_guard(version: datetime | None) -> dict[str, Any]:
-    """Match a target whose recorded version is missing, null or not newer than `version`.
-    `$not: {$gt}` says that in one clause: an `$or` of the cases is equivalent but makes
-    secantusdb scan the collection for every write (1.8 writes/s instead of ~500)."""
+def version_guard(version: datetime | None, fallback: str | None,
+                  recorded: bool | None = None) -> dict[str, Any]:
+    """Match a target whose version is not newer than `version`. Its version is its
+    `VERSION_FIELD`, or where that is missing or null (the application wrote it) its
+    `fallback` field, the mapped `updated_at` (None: the entity maps none).
+
+    "This field, else that one" needs an `$or`/`$nor` at the top of the filter, and any
+    top-level operator makes secantusdb scan the whole collection for every write (1.8
+    writes/s instead of ~500): its planner then uses no index at all, not even `_id`. So
+    every clause here is on one field, and the caller says what its read of the target
+    found (`recorded`): True, a `VERSION_FIELD`; False, none (the fallback decides). None
+    (no read, or no target): both fields must not be newer. That is exact for a missing
+    target, for ours and for the application's; it refuses the rare target whose recorded
+    version is older but whose `updated_at` is newer: the caller re-reads what a guard
+    refused and judges it (`newer_than`)."""
+    if fallback is None:
+        return {VERSION_FIELD: None if version is None else {"$not": {"$gt": version}}}
     if version is None:
-        return {VERSION_FIELD: None}
-    return {VERSION_FIELD: {"$not": {"$gt": version}}}
+        # Nothing is older than no version: only a target without any version matches.
+        return {VERSION_FIELD: None, fallback: {"$not": {"$type": "date"}}}
+    not_newer = {"$not": {"$gt": version}}
+    if recorded is None:
+        return {VERSION_FIELD: not_newer, fallback: not_newer}
+    if recorded:  # (`$lte` says the same, ~10% slower on secantusdb)
+        return {VERSION_FIELD: {**not_newer, "$type": "date"}}
+    return {VERSION_FIELD: None, fallback: not_newer}
+
+
+def exact_version(version: datetime | None, version_field: str) -> dict[str, Any]:
+    """Match the target only while its version is still `version`, read from
+    `version_field` (a TargetRecord's)."""
+    if version_field == VERSION_FIELD:
+        return {VERSION_FIELD: version}
+    stand_in = version if version is not None else {"$not": {"$type": "date"}}
+    return {VERSION_FIELD: None, version_field: stand_in}
 
 
 def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,16 +160,19 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def upsert_ops(entity: EntityMapping, row: Row, presence: Presence,
-               forms: KeyForms = STRING_KEYS) -> list[WriteOp]:
+               forms: KeyForms = STRING_KEYS, seen: TargetRecord | None = None
+               ) -> list[WriteOp]:
     """The guarded write that makes the target hold this row's mapped fields. Keys are
-    matched in any stored form and created in the collection's (`forms`)."""
+    matched in any stored form and created in the collection's (`forms`); `seen`: the
+    target as read before writing, if it was (see `version_guard`)."""
     version = row_version(entity, row)
+    recorded = None if seen is None else seen.version_field == VERSION_FIELD
     fields = projected_fields(entity, row)
     embedded = entity.target.embedded
     match, stored, key_field = _key_condition(entity, row, forms)
     if embedded is None:
         return [UpdateOne(
-            {key_field: match, **version_guard(version)},
+            {key_field: match, **version_guard(version, entity.version_fallback, recorded)},
             {"$set": {**fields, VERSION_FIELD: version}, **_on_insert(key_field, match, stored)},
             # A newer document already there makes this a duplicate-key no-op (the key is
             # `_id` or under a unique index: a run checks that before it writes).
@@ -147,8 +184,9 @@ def upsert_ops(entity: EntityMapping, row: Row, presence: Presence,
     if presence is Presence.PRESENT:
         sets = {f"{array}.$[e].{path}": value for path, value in fields.items()}
         return [UpdateOne(
-            {key_field: match,
-             array: {"$elemMatch": {element_key: element_match, **version_guard(version)}}},
+            {key_field: match, array: {"$elemMatch": {
+                element_key: element_match,
+                **version_guard(version, entity.version_fallback, recorded)}}},
             {"$set": {**sets, f"{array}.$[e].{VERSION_FIELD}": version}},
             array_filters=[{f"e.{element_key}": element_match}],
         )]
@@ -164,12 +202,32 @@ def upsert_ops(entity: EntityMapping, row: Row, presence: Presence,
     )]
 
 
+def version_bump_ops(entity: EntityMapping, rows: list[dict[str, Any]]) -> list[WriteOp]:
+    """Give the target the version that sync marks gave these rows (a trigger bumped their
+    `updated_at`): each row as it is now, guarded like any write, updated in place (an
+    element is never pushed here). A row MongoDB cannot hold exactly is left out: the next
+    run reports and repairs it, with the error."""
+    ops: list[WriteOp] = []
+    for row in rows:
+        try:
+            ops += upsert_ops(entity, row, Presence.PRESENT)
+        except ValueCoercionError:
+            continue
+    return ops
+
+
 def delete_ops(entity: EntityMapping, key: Any, parent: Any, version: datetime | None,
-               *, exact: bool) -> list[WriteOp]:
-    """Remove a document or element. `exact`: only if its version is still `version` (an
-    orphan as seen); otherwise only if it is not newer than `version` (a delete message).
-    `key` and `parent` are in the source key's terms (any stored form matches)."""
-    guard = {VERSION_FIELD: version} if exact else version_guard(version)
+               *, exact: bool, seen: TargetRecord | None = None) -> list[WriteOp]:
+    """Remove a document or element. `exact`: only if its version is still `version` as
+    `seen` read it (an orphan); otherwise only if it is not newer than `version` (a delete
+    message; `seen`: the target as read, if it was). `key` and `parent` are in the source
+    key's terms (any stored form matches)."""
+    if exact:
+        assert seen is not None
+        guard = exact_version(version, seen.version_field)
+    else:
+        recorded = None if seen is None else seen.version_field == VERSION_FIELD
+        guard = version_guard(version, entity.version_fallback, recorded)
     embedded = entity.target.embedded
     if embedded is None:
         return [DeleteOne({entity.target.key: key_match(key, entity.key_kind), **guard})]

@@ -32,6 +32,7 @@ from recon_pipeline.engine.projection import (
     presence_in,
     row_version,
     upsert_ops,
+    version_bump_ops,
 )
 from recon_pipeline.model.mapping import EntityMapping, ReconConfig, Settings
 from recon_pipeline.model.masking import mask_text
@@ -47,7 +48,7 @@ from recon_pipeline.stores.target import (
     TargetSnapshot,
     fetch_targets,
 )
-from recon_pipeline.stores.target_write import DUPLICATE_KEY, bulk_write_ops
+from recon_pipeline.stores.target_write import DUPLICATE_KEY, bulk_write_ops, write_best_effort
 
 Outcome = tuple[int, str, str | None]  # (mismatch id, repair_status, repair_error)
 
@@ -142,7 +143,8 @@ def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
                 plan.outcomes.append((mismatch.id, "reported", None))
             else:
                 plan.write(mismatch.id, delete_ops(entity, key, parent, record.version,
-                                                   exact=True), key, None, parent)
+                                                   exact=True, seen=record),
+                           key, None, parent)
             continue
         if source is None:
             # Deleted at the source since detection: the next run judges what is left.
@@ -154,7 +156,8 @@ def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
             plan.outcomes.append((mismatch.id, "resolved", None))
             continue
         presence = presence_in(snapshot, entity, key, parent)
-        plan.write(mismatch.id, upsert_ops(entity, source, presence, forms), key, source,
+        seen = _record_for(entity, snapshot, key, parent)
+        plan.write(mismatch.id, upsert_ops(entity, source, presence, forms, seen), key, source,
                    parent)
     return plan
 
@@ -270,6 +273,24 @@ def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: b
     return outcomes, repaired, RepairStop(failures[min(failures)], False) if failures else None
 
 
+_Bumps = tuple[EntityMapping, list[WriteOp]]
+
+
+def _record(engine: sa.Engine, entity: EntityMapping, outcomes: list[Outcome],
+            repaired: list[Any], now: datetime) -> _Bumps:
+    """The group's outcomes and sync marks (one transaction, stores/reports.py), and the
+    writes that give MongoDB the versions the marks bumped, to be made once committed (a
+    version the source may still roll back must not reach MongoDB: its guard would then
+    refuse every repair of the row)."""
+    bumped = reports.record_repair_outcomes(engine, entity, outcomes, repaired, now)
+    return entity, version_bump_ops(entity, bumped)
+
+
+def _give_bumped_versions(db: Database[dict[str, Any]], bumps: _Bumps) -> None:
+    entity, ops = bumps
+    write_best_effort(db, entity.target.collection, ops)
+
+
 def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
                    groups: Sequence[tuple[EntityMapping, Sequence[MismatchRow]]], *,
                    delete_orphans: bool, now: datetime,
@@ -285,7 +306,7 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
     layouts = KeyLayouts(db)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-repair") as postgres:
         reading = postgres.submit(_read_group, engine, *groups[0])
-        recording: Future[None] | None = None
+        recording: Future[_Bumps] | None = None
         for index in range(len(groups)):
             group = reading.result()
             if index > 0 and stopped():
@@ -294,13 +315,13 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
                 reading = postgres.submit(_read_group, engine, *groups[index + 1])
             outcomes, repaired, stop = _repair_group(db, group, delete_orphans, layouts)
             if recording is not None:
-                recording.result()
-            recording = postgres.submit(reports.record_repair_outcomes, engine, group.entity,
-                                        outcomes, repaired, now)
+                _give_bumped_versions(db, recording.result())
+            recording = postgres.submit(_record, engine, group.entity, outcomes, repaired,
+                                        now)
             if stop is not None:
                 break
         if recording is not None:
-            recording.result()
+            _give_bumped_versions(db, recording.result())
     return stop
 
 

@@ -20,6 +20,8 @@ class RunWindow:
     def contains(self, moment: datetime | None) -> bool:
         if moment is None:
             return self.full_scan
+        if moment.tzinfo is None:  # a `timestamp without time zone` value: UTC
+            moment = moment.replace(tzinfo=UTC)
         if self.full_scan:
             return moment < self.end
         return self.start <= moment < self.end

@@ -61,6 +61,8 @@ class SourceSpec:
     key: str
     updated_at: str
     sync_tracking: SyncTracking | None = None
+    # False for `timestamp without time zone`: its values are UTC (SPEC 6, "Window").
+    updated_at_has_time_zone: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +90,19 @@ class EntityMapping:
     # Worked out once: the diff reads it for every row (column, path, dotted, kind, tolerance).
     compare_plan: tuple[tuple[str, str, bool, ValueKind, Decimal], ...] = field(
         init=False, repr=False, compare=False, hash=False)
+    # The target path that stands in for `_recon_version` where a document or element
+    # lacks it (the application wrote it itself): the mapped, compared `updated_at`.
+    version_fallback: str | None = field(
+        init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compare_plan", tuple(
             (f.column, f.target, "." in f.target, f.kind, f.tolerance)
             for f in self.fields if not f.ignore))
+        updated = self.updated_at_field
+        object.__setattr__(self, "version_fallback", updated.target if updated is not None
+                           and not updated.ignore and updated.kind is ValueKind.DATETIME
+                           else None)
 
     @property
     def compared_fields(self) -> tuple[FieldMapping, ...]:
@@ -196,7 +206,17 @@ class _EntityBinder:
             key=self.column(table, key),
             updated_at=self.column(table, self.require(raw, "updated_at", "source")),
             sync_tracking=sync,
+            updated_at_has_time_zone=self.has_time_zone(table, raw["updated_at"]),
         )
+
+    def has_time_zone(self, table: str, column: str) -> bool:
+        """Whether the timestamp column `updated_at` names is `timestamptz`; any other type
+        cannot order versions."""
+        sql_type = self.catalog[table][column]
+        if not isinstance(sql_type, sa_types.DateTime):
+            raise self.fail(f"source 'updated_at' column '{column}' is {_type_name(sql_type)}, "
+                            "not a timestamp (with or without time zone)")
+        return bool(sql_type.timezone)
 
     def target(self, raw: Mapping[str, Any], table: str) -> TargetSpec:
         embedded_raw = raw.get("embedded")
@@ -288,6 +308,13 @@ class _EntityBinder:
             for b in seen:
                 if b.startswith(a + "."):
                     raise self.fail(f"target path '{a}' overlaps '{b}'")
+
+
+def _type_name(sql_type: sa_types.TypeEngine[Any]) -> str:
+    try:
+        return str(sql_type)
+    except Exception:  # a type the generic compiler cannot render
+        return type(sql_type).__name__
 
 
 def bind_mapping(raw: Mapping[str, Any], catalog: TableCatalog) -> ReconConfig:

@@ -19,6 +19,9 @@ from recon_pipeline.model.mapping import (
 from recon_pipeline.model.masking import mask_text, mask_url, url_secrets
 
 CONNECT_TIMEOUT_SECONDS = 10
+# Values of `timestamp without time zone` columns are UTC (SPEC 6, "Window"), and so must
+# be every conversion between them and aware datetimes: the session's TimeZone decides it.
+UTC_SESSION = "-c TimeZone=UTC"
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -26,12 +29,21 @@ class DatabaseUnavailable(RuntimeError):
 
 
 def create_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
+    """Every session of ours runs with TimeZone UTC, whatever the server's or database's
+    default (options given in the URL are kept: connect_args would replace them)."""
     return sa.create_engine(
         url,
         pool_size=pool_size,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                      "options": _session_options(url)},
     )
+
+
+def _session_options(url: str) -> str:
+    given = sa.make_url(url).query.get("options")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    return f"{given} {UTC_SESSION}" if given else UTC_SESSION
 
 
 def unavailable(url: str, error: BaseException) -> DatabaseUnavailable:

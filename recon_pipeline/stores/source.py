@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -65,10 +65,17 @@ class SourceTable:
         updated = self.col(self.entity.source.updated_at)
         clauses: list[Any] = []
         if start is not None:
-            clauses.append(updated >= start)
+            clauses.append(updated >= self._instant(start))
         if end is not None:
-            clauses.append(updated < end)
+            clauses.append(updated < self._instant(end))
         return clauses
+
+    def _instant(self, moment: datetime) -> datetime:
+        """A `timestamp without time zone` column holds UTC: compare it with naive UTC, so
+        no session TimeZone takes part in the comparison."""
+        if self.entity.source.updated_at_has_time_zone or moment.tzinfo is None:
+            return moment
+        return moment.astimezone(UTC).replace(tzinfo=None)
 
     def in_bounds(self, lower: Any, upper: Any) -> list[Any]:
         clauses: list[Any] = []
@@ -158,13 +165,25 @@ def count_rows(engine: sa.Engine, entity: EntityMapping) -> int:
 
 
 def mark_sync(conn: sa.Connection, entity: EntityMapping, keys: Sequence[Any], *,
-              status: str, at: datetime | None, error: str | None) -> None:
-    """Record a delivery outcome in the entity's sync_tracking columns, if it has them."""
+              status: str, at: datetime | None, error: str | None) -> list[Row]:
+    """Record a delivery outcome in the entity's sync_tracking columns, if it has them.
+
+    Returns the marked rows whose `updated_at` the marks changed (a trigger that sets it on
+    every update is common), as they are now, mapped columns only: the target must be given
+    that version too, or the marks would make the next run repair these rows again."""
     tracking = entity.source.sync_tracking
     if tracking is None or not keys:
-        return
+        return []
     source = SourceTable.of(entity)
-    conn.execute(
+    key, updated = source.col(entity.source.key), source.col(entity.source.updated_at)
+    # The versions before the marks, read in the same statement (RETURNING sees only after).
+    before = sa.select(key.label("k"), updated.label("v")).where(key.in_(list(keys))).cte()
+    columns = entity.source_columns
+    marked = conn.execute(
         sa.update(source.table)
-        .where(source.col(entity.source.key).in_(list(keys)))
-        .values({tracking.status: status, tracking.synced_at: at, tracking.error: error}))
+        .where(key == before.c.k)
+        .values({tracking.status: status, tracking.synced_at: at, tracking.error: error})
+        .returning(*(source.col(c) for c in columns), before.c.v)).all()
+    position = columns.index(entity.source.updated_at)
+    return [dict(zip(columns, row[:-1], strict=True)) for row in marked
+            if row[position] != row[-1]]

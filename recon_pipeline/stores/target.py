@@ -34,6 +34,9 @@ class TargetRecord:
     parent: Any | None  # embedded: the parent document's key
     values: dict[str, Any]  # mapped target path -> value, MISSING when absent
     version: datetime | None
+    # Where `version` was read: VERSION_FIELD, or (when that is missing or null: the
+    # application wrote the document) the mapped `updated_at` path standing in for it.
+    version_field: str = VERSION_FIELD
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +63,16 @@ def get_path(document: Document, path: str) -> Any:
 
 
 def _record(entity: EntityMapping, key: Any, parent: Any, node: Document) -> TargetRecord:
-    return TargetRecord(
-        key=key,
-        parent=parent,
-        values={path: get_path(node, path) if dotted else node.get(path, MISSING)
-                for _, path, dotted, _, _ in entity.compare_plan},
-        version=node.get(VERSION_FIELD),
-    )
+    values = {path: get_path(node, path) if dotted else node.get(path, MISSING)
+              for _, path, dotted, _, _ in entity.compare_plan}
+    version = node.get(VERSION_FIELD)
+    fallback = entity.version_fallback
+    if version is None and fallback is not None:
+        # Only a date orders versions (the guarded filters' `$gt` compares dates only).
+        stand_in = values.get(fallback)
+        return TargetRecord(key, parent, values,
+                            stand_in if isinstance(stand_in, datetime) else None, fallback)
+    return TargetRecord(key=key, parent=parent, values=values, version=version)
 
 
 def projection_of(entity: EntityMapping) -> dict[str, int]:

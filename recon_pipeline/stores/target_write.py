@@ -9,7 +9,7 @@ from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from recon_pipeline.model.mapping import EntityMapping
 from recon_pipeline.stores.mongo import write_concern_failure
@@ -48,3 +48,15 @@ def bulk_write_ops(db: Database[dict[str, Any]], entity: EntityMapping,
             write_concern_failure(details),
             int(details.get("nMatched", 0)) + int(details.get("nUpserted", 0)))
     return BulkWriteOutcome(applied=result.matched_count + result.upserted_count)
+
+
+def write_best_effort(db: Database[dict[str, Any]], collection: str, ops: Sequence[Any]) -> None:
+    """An unordered bulk write whose failures are not reported: for writes that a later run
+    makes anyway when they fail (a refused guard is a duplicate key or no match; any other
+    error leaves the target a version behind, which the next run finds and repairs)."""
+    if not ops:
+        return
+    try:
+        db[collection].bulk_write(list(ops), ordered=False)
+    except PyMongoError:
+        return

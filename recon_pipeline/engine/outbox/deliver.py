@@ -29,6 +29,7 @@ from recon_pipeline.engine.outbox.write import (
     deliver_entity,
     prepare_entity,
 )
+from recon_pipeline.engine.projection import WriteOp, version_bump_ops
 from recon_pipeline.model.mapping import EntityMapping, OutboxSettings, ReconConfig
 from recon_pipeline.model.masking import mask_text
 from recon_pipeline.stores.mongo import mongo_error_text
@@ -42,6 +43,7 @@ from recon_pipeline.stores.outbox import (
 )
 from recon_pipeline.stores.source import mark_sync
 from recon_pipeline.stores.target import KeyLayouts
+from recon_pipeline.stores.target_write import write_best_effort
 
 MAX_ERROR_CHARS = 1000
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -128,13 +130,17 @@ def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config
                 if following is not None and not unreachable:
                     following.writing = writer.submit(_write_batch, mongo_db, following,
                                                       layouts)
-                result = _record(current.claim.conn, settings, current.outcomes, current.stamp,
-                                 secrets)
+                result, bumps = _record(current.claim.conn, settings, current.outcomes,
+                                        current.stamp, secrets)
                 current.close(commit=True)
                 open_batches.remove(current)
                 total += replace(result, mongo_unreachable=unreachable)
                 if on_batch is not None:
                     on_batch(total)
+                if not unreachable:  # once the marks are committed; writes never overlap
+                    for entity, ops in bumps:
+                        writer.submit(write_best_effort, mongo_db, entity.target.collection,
+                                      ops)
                 if unreachable:
                     break
                 current = following
@@ -240,8 +246,11 @@ def _rank(plan: PlannedDelivery) -> tuple[datetime, int]:
 
 
 def _record(conn: sa.Connection, settings: OutboxSettings, outcomes: BatchOutcomes,
-            now: datetime, secrets: tuple[str, ...]) -> OutboxResult:
-    """Write every outcome of the batch (last_error masked: errors may quote URLs)."""
+            now: datetime, secrets: tuple[str, ...]
+            ) -> tuple[OutboxResult, list[tuple[EntityMapping, list[WriteOp]]]]:
+    """Write every outcome of the batch (last_error masked: errors may quote URLs).
+    Also returns, per entity, the writes that give MongoDB the versions the sync marks
+    bumped, to be made once the batch is committed."""
     _settle_superseded(outcomes)
     outcomes.failed = [(p, _error_text(e, secrets)) for p, e in outcomes.failed]
     outcomes.invalid = [(m, _error_text(e, secrets)) for m, e in outcomes.invalid]
@@ -265,23 +274,29 @@ def _record(conn: sa.Connection, settings: OutboxSettings, outcomes: BatchOutcom
     for message, error in outcomes.invalid:
         failures.append(FailedDelivery(message.id, "dead", message.attempts + 1, error, now))
     mark_failed(conn, failures)
-    _track_sync(conn, delivered, outcomes.failed + uncharged, now)
+    bumps = _track_sync(conn, delivered, outcomes.failed + uncharged, now)
     dead = sum(f.status == "dead" for f in failures)
     return OutboxResult(
         attempted=len(delivered) + len(failures), sent=len(delivered),
-        failed=len(failures) - dead, dead=dead, stale=len(outcomes.stale))
+        failed=len(failures) - dead, dead=dead, stale=len(outcomes.stale)), bumps
 
 
 def _track_sync(conn: sa.Connection, delivered: list[PlannedDelivery],
-                failed: list[tuple[PlannedDelivery, str]], now: datetime) -> None:
+                failed: list[tuple[PlannedDelivery, str]], now: datetime
+                ) -> list[tuple[EntityMapping, list[WriteOp]]]:
     """sync_tracking of upserted rows: `synced` first, then `failed`, so that a row with
-    both outcomes in one batch ends `failed` (its newest message did not arrive)."""
+    both outcomes in one batch ends `failed` (its newest message did not arrive).
+    Returns the writes that give MongoDB the versions the `synced` marks bumped (see
+    `mark_sync`): each is the row as it is now, which is never wrong to write. A row marked
+    `failed` alone is behind in MongoDB anyway, and the next run repairs it."""
     synced: dict[str, tuple[EntityMapping, list[Any]]] = {}
     for plan in delivered:
         if not plan.is_delete and plan.entity.source.sync_tracking:
             synced.setdefault(plan.entity.name, (plan.entity, []))[1].append(plan.source_key)
+    bumps: dict[str, tuple[EntityMapping, list[dict[str, Any]]]] = {}
     for entity, keys in synced.values():
-        mark_sync(conn, entity, keys, status="synced", at=now, error=None)
+        bumps[entity.name] = (entity, mark_sync(conn, entity, keys, status="synced", at=now,
+                                                error=None))
     by_error: dict[tuple[str, str], tuple[EntityMapping, list[Any]]] = {}
     for plan, error in failed:
         if not plan.is_delete and plan.entity.source.sync_tracking:
@@ -289,4 +304,6 @@ def _track_sync(conn: sa.Connection, delivered: list[PlannedDelivery],
             by_error.setdefault(slot, (plan.entity, []))[1].append(plan.source_key)
     for (_, error), (entity, keys) in by_error.items():
         mark_sync(conn, entity, keys, status="failed", at=None, error=error)
+    return [(entity, version_bump_ops(entity, rows)) for entity, rows in bumps.values()
+            if rows]
 

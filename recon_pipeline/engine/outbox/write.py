@@ -67,10 +67,11 @@ class _Bulk:
         self.owners += [plan] * len(ops)
 
     def add_upsert(self, plan: PlannedDelivery, presence: Presence,
-                   outcomes: BatchOutcomes, forms: KeyForms = STRING_KEYS) -> None:
+                   outcomes: BatchOutcomes, forms: KeyForms = STRING_KEYS,
+                   seen: TargetRecord | None = None) -> None:
         assert plan.row is not None
         try:
-            self.add(plan, upsert_ops(plan.entity, plan.row, presence, forms))
+            self.add(plan, upsert_ops(plan.entity, plan.row, presence, forms, seen))
         except ValueCoercionError as error:  # a value MongoDB cannot hold exactly
             outcomes.invalid.append((plan.message, f"invalid payload: {error}"))
 
@@ -134,9 +135,10 @@ def _deliver_upserts(db: Database[dict[str, Any]], share: EntityShare,
                 outcomes.stale.append(plan)
                 continue
             bulk.add_upsert(plan, presence_in(before, entity, plan.key, plan.parent), outcomes,
-                            forms)
+                            forms, record)
     errors, applied = _bulk_write(db, entity, bulk.ops)
     written: list[PlannedDelivery] = []
+    refused: list[PlannedDelivery] = []
     collided = False
     for index, plan in enumerate(bulk.owners):
         error = errors.get(index)
@@ -145,7 +147,7 @@ def _deliver_upserts(db: Database[dict[str, Any]], share: EntityShare,
         elif error.code != DUPLICATE_KEY:
             outcomes.failed.append((plan, error.message))
         elif entity.target.embedded is None:
-            outcomes.stale.append(plan)  # the guard refused: a newer document is there
+            refused.append(plan)  # the guard refused: a newer document is there, mostly
         else:
             collided = True  # the parent appeared between our read and the write
             written.append(plan)
@@ -153,6 +155,39 @@ def _deliver_upserts(db: Database[dict[str, Any]], share: EntityShare,
         _verify_elements(db, entity, written, outcomes)
     else:
         outcomes.sent += written
+    if refused:
+        _judge_refused(db, entity, refused, outcomes, forms)
+
+
+def _judge_refused(db: Database[dict[str, Any]], entity: EntityMapping,
+                   plans: list[PlannedDelivery], outcomes: BatchOutcomes,
+                   forms: KeyForms) -> None:
+    """Document upserts that the blind guard refused. Stale where the document is newer;
+    where only its `updated_at` is newer and its recorded version is not (the application
+    changed a document of ours), the guard that knows the document decides."""
+    if entity.version_fallback is None:
+        outcomes.stale += plans
+        return
+    now = fetch_targets(db, entity, [p.key for p in plans])
+    retry = _Bulk()
+    for plan in plans:
+        record = now.record_at(plan.key)
+        if record is None:
+            outcomes.failed.append((plan, "not applied: the target document changed during "
+                                          "delivery"))
+        elif newer_than(record, plan.version):
+            outcomes.stale.append(plan)
+        else:
+            retry.add_upsert(plan, Presence.PRESENT, outcomes, forms, record)
+    errors, _ = _bulk_write(db, entity, retry.ops)
+    for index, plan in enumerate(retry.owners):
+        error = errors.get(index)
+        if error is None:
+            outcomes.sent.append(plan)
+        elif error.code == DUPLICATE_KEY:
+            outcomes.stale.append(plan)
+        else:
+            outcomes.failed.append((plan, error.message))
 
 
 def _read_elements(db: Database[dict[str, Any]], entity: EntityMapping,
@@ -197,7 +232,7 @@ def _deliver_deletes(db: Database[dict[str, Any]], entity: EntityMapping,
             outcomes.sent.append(plan)  # nothing to delete: the target agrees already
         for record in older:
             bulk.add(plan, delete_ops(entity, plan.key, record.parent, plan.version,
-                                      exact=False))
+                                      exact=False, seen=record))
     errors, _ = _bulk_write(db, entity, bulk.ops)
     failed: dict[int, str] = {}
     for index, plan in enumerate(bulk.owners):

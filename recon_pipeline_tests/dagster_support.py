@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from dagster import DagsterInstance, ExecuteInProcessResult
 from pymongo.database import Database
 
 from recon_pipeline.demo import SeedSummary, seed_demo
@@ -97,3 +98,41 @@ def small_chunk_mapping(tmp_path: Path, chunk_size: int = 10) -> Path:
         "chunk_size: 50000", f"chunk_size: {chunk_size}"))
     return path
 
+
+
+def run_job(pg_url: str, mongo_db: Database[Any], *, mongodb_url: str | None = None,
+            mapping_path: Path | None = None, **options: Any) -> ExecuteInProcessResult:
+    """One whole in-process run of `reconciliation_job` against the test servers, over
+    the seeded window unless options say otherwise; never raises on a failed step."""
+    import recon_pipeline
+    from recon_pipeline.definitions import defs
+    from recon_pipeline.partitions import last_complete_hour
+
+    options.setdefault("window_start", WINDOW_START)
+    options.setdefault("window_end", WINDOW_END)
+    job = defs.resolve_job_def("reconciliation_job")
+    with DagsterInstance.ephemeral() as instance:
+        return job.execute_in_process(
+            run_config=recon_pipeline.run_config(**options), instance=instance,
+            partition_key=last_complete_hour(SEED_NOW),
+            resources=test_resources(pg_url, mongo_db, mapping_path, mongodb_url),
+            raise_on_error=False)
+
+
+def step_errors(result: ExecuteInProcessResult) -> list[str]:
+    """The error messages of a run's failed steps."""
+    return [str(error.message) for event in result.all_events
+            for error in [getattr(event.event_specific_data, "error", None)] if error]
+
+
+def mapping_with(tmp_path: Path, replacements: dict[str, str]) -> Path:
+    """The packaged mapping with some settings lines replaced (old text -> new text)."""
+    from recon_pipeline.environment import packaged_mapping_path
+
+    text = packaged_mapping_path().read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "recon.yaml"
+    path.write_text(text)
+    return path

@@ -1,0 +1,254 @@
+"""The fault matrix (issue 10), on the real servers of the suite: MongoDB stopped inside a
+phase, `failCommand` faults, PostgreSQL restarted between phases. Each case runs the whole
+`reconciliation_job` over seeded demo drift, then asserts both databases: no outbox
+message lost (each ends `sent`, or still due), at most the right mismatches `failed`, no
+wrong repair, and the next run converges (MongoDB equals the projection of every source
+row; only the seeded orphans remain, reported).
+
+A run is held inside a phase by a `blockConnection` fail point aimed at its client (the
+server's command counters tell when it is there) or by a table lock; then the fault is
+applied while it is there. Figures go to stdout (`-s`) for the README's table.
+"""
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from dagster import ExecuteInProcessResult
+from pymongo.database import Database
+
+from recon_pipeline.demo import row_payload
+from recon_pipeline.engine.mapping import ReconConfig
+from recon_pipeline.stores import reports
+from recon_pipeline_tests import faults
+from recon_pipeline_tests.conftest import ServerUrls
+from recon_pipeline_tests.dagster_support import (
+    Seeded,
+    mapping_with,
+    run_job,
+    seed,
+    step_errors,
+)
+from recon_pipeline_tests.read_model import assert_converged, read_model_differences
+
+APP = "recon-fault-matrix"
+RUN_SECONDS = 300
+
+
+@contextmanager
+def running(job: Callable[[], ExecuteInProcessResult]) -> Iterator[Future[ExecuteInProcessResult]]:
+    """The job on a thread, so the test can act while it is inside a phase."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="matrix-run") as pool:
+        yield pool.submit(job)
+
+
+def messages(engine: sa.Engine) -> dict[int, dict[str, Any]]:
+    with engine.connect() as conn:
+        return {r["id"]: dict(r) for r in conn.execute(sa.text(
+            "select id, aggregate_type, status, attempts, last_error from outbox_messages"
+        )).mappings()}
+
+
+def mismatches(engine: sa.Engine, report_id: int) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.text(
+            "select entity, record_key, kind, repair_status, repair_error "
+            "from reconciliation_mismatches where report_id = :r order by id"),
+            {"r": report_id}).mappings()]
+
+
+def report_rows(engine: sa.Engine) -> list[dict[str, Any]]:
+    return sorted(reports.recent_reports(engine, 100), key=lambda r: r["id"])
+
+
+def queue_client_upserts(engine: sa.Engine) -> list[int]:
+    """What an application's outbox holds after writing every client: one `upsert` per
+    row, carrying the row image."""
+    with engine.begin() as conn:
+        rows = conn.execute(sa.text("select * from clients order by client_ref")).mappings()
+        return list(conn.execute(sa.text(
+            "insert into outbox_messages (aggregate_type, aggregate_id, operation, payload) "
+            "select 'clients', r->>'client_ref', 'upsert', r "
+            "from jsonb_array_elements(cast(:rows as jsonb)) r returning id"),
+            {"rows": _json([row_payload(dict(r)) for r in rows])}).scalars())
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def assert_no_message_lost(engine: sa.Engine, before: dict[int, dict[str, Any]],
+                           malformed: set[int]) -> None:
+    """Every well-formed message ended `sent` or is still due (never dead); malformed
+    ones are dead with a reason."""
+    for message_id, message in messages(engine).items():
+        if message_id in malformed:
+            assert message["status"] == "dead", message
+            assert message["last_error"].startswith("invalid payload:"), message
+        else:
+            assert message["status"] in ("sent", "pending", "failed"), message
+            assert message["attempts"] <= before[message_id]["attempts"] + 1, message
+
+
+def malformed_ids(engine: sa.Engine) -> set[int]:
+    with engine.connect() as conn:  # the demo's three: unknown type, bad operation, array
+        return set(conn.execute(sa.text(
+            "select id from outbox_messages where aggregate_id = 'X1'")).scalars())
+
+
+def print_figures(case: str, **figures: Any) -> None:
+    print(f"\nMATRIX {case}: " + " ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+def entity_errors(report: dict[str, Any]) -> dict[str, list[str]]:
+    return {name: row["errors"] for name, row in report["details"]["entities"].items()
+            if row["errors"]}
+
+
+# --- MongoDB stopped inside a phase ----------------------------------------------------------
+
+
+@pytest.fixture
+def seeded(servers: ServerUrls, pg_engine: sa.Engine, mongo_db: Database[Any],
+           config: ReconConfig) -> Seeded:
+    faults.require_owned(servers, "mongodb")
+    return seed(pg_engine, mongo_db, config)
+
+
+def blocked(servers: ServerUrls, command: str, bucket: str, skip: int) -> Any:
+    """Freeze the run's `skip`+1-th `command` until the test acts."""
+    return faults.fail_point(servers.mongodb_url, APP, {"skip": skip, "times": 1},
+                             failCommands=[command], blockConnection=True,
+                             blockTimeMS=faults.BLOCK_MS)
+
+
+def test_mongodb_stopped_mid_outbox_loses_no_message_and_the_next_run_converges(
+    servers: ServerUrls, pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
+    seeded: Seeded, tmp_path: Path,
+) -> None:
+    """Batches of 10: the first is written, the second is frozen in its MongoDB write and
+    the server stopped under it; extraction is held (a lock on `clients`) until MongoDB is
+    back, so the rest of the run works on a live server."""
+    queued = queue_client_upserts(pg_engine)
+    before, malformed = messages(pg_engine), malformed_ids(pg_engine)
+    mapping = mapping_with(tmp_path, {"batch_size: 500": "batch_size: 10"})
+    url = faults.job_mongodb_url(servers.mongodb_url, APP)
+    updates = faults.command_count(servers.mongodb_url, "update")
+    with blocked(servers, "update", "update", skip=2), running(
+            lambda: run_job(pg_url, mongo_db, mongodb_url=url, mapping_path=mapping)) as run:
+        # Batch 1 holds the demo's messages and 4 clients: two writes; batch 2 is frozen.
+        faults.wait_for_command(servers.mongodb_url, "update", updates + 3, "outbox batch 2")
+        with faults.table_locked(pg_engine, "clients"):
+            faults.stop_mongodb(servers)
+            faults.wait_for_outbox_idle(pg_engine)
+            faults.start_mongodb(servers)
+        first = run.result(timeout=RUN_SECONDS)
+    after_first = messages(pg_engine)
+    batch_one = sorted(before)[:10]
+    assert {i: after_first[i]["status"] for i in batch_one} == {
+        i: "dead" if i in malformed else "sent" for i in batch_one}
+    untouched = {i: (m["status"], m["attempts"]) for i, m in after_first.items()
+                 if i not in batch_one}
+    assert first.success, step_errors(first)
+    [report] = report_rows(pg_engine)
+    assert report["status"] != "failed" and report["mongo_available"] is True
+
+    second = run_job(pg_url, mongo_db, mongodb_url=url, mapping_path=mapping)
+    assert second.success, step_errors(second)
+    assert_no_message_lost(pg_engine, before, malformed)
+    assert_converged(pg_engine, mongo_db, seeded.summary)
+    final = messages(pg_engine)
+    print_figures("mongodb-stopped-mid-outbox", runs=2, messages=len(before),
+                  queued=len(queued), sent=sum(m["status"] == "sent" for m in final.values()),
+                  still_due=sum(m["status"] in ("pending", "failed") for m in final.values()),
+                  dead=sum(m["status"] == "dead" for m in final.values()),
+                  lost=0, wrong_repairs=len(read_model_differences(pg_engine, mongo_db).older))
+    # SPEC 6: an outage charges no attempt (pending branch i10faults).
+    assert untouched == {i: (before[i]["status"], before[i]["attempts"]) for i in untouched}
+
+
+def test_mongodb_stopped_mid_extraction_fails_only_that_entity_and_the_next_run_converges(
+    servers: ServerUrls, pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
+    seeded: Seeded,
+) -> None:
+    """The first extraction read (the `clients` chunk) is frozen and the server stopped
+    under it, then started again at once: that chunk cannot be compared (the run is
+    `partial`); chunks that met the server down or restarting fail the same way, the
+    others are judged and repaired as usual."""
+    url = faults.job_mongodb_url(servers.mongodb_url, APP)
+    finds = faults.command_count(servers.mongodb_url, "query")
+    with blocked(servers, "find", "query", skip=0), running(
+            lambda: run_job(pg_url, mongo_db, mongodb_url=url)) as run:
+        faults.wait_for_command(servers.mongodb_url, "query", finds + 1, "extraction")
+        faults.stop_mongodb(servers)
+        faults.start_mongodb(servers)
+        first = run.result(timeout=RUN_SECONDS)
+    assert first.success, step_errors(first)
+    [report] = report_rows(pg_engine)
+    errors = entity_errors(report)
+    assert report["status"] == "partial" and "clients" in errors, report["details"]
+    drift = seeded.summary.drift
+    for name, row in report["details"]["entities"].items():
+        if name in errors:  # not compared: nothing recorded, nothing repaired
+            assert (row["missing_in_mongo"], row["field_mismatches"], row["repaired"]) == (
+                0, 0, 0)
+        else:
+            assert (row["records_checked"], row["repaired"], row["repair_failed"]) == (
+                drift[name].rows, len(drift[name].missing) + len(drift[name].mismatched), 0)
+    assert all(m["repair_status"] != "failed" for m in mismatches(pg_engine, report["id"]))
+
+    second = run_job(pg_url, mongo_db, mongodb_url=url)
+    assert second.success, step_errors(second)
+    assert report_rows(pg_engine)[-1]["status"] == "needs_attention"  # orphans, dead letters
+    assert_converged(pg_engine, mongo_db, seeded.summary)
+    print_figures("mongodb-stopped-mid-extraction", runs=2,
+                  rows=sum(d.rows for d in drift.values()),
+                  entities_not_compared=sorted(errors), lost=0, wrong_repairs=0)
+
+
+def test_mongodb_stopped_mid_repair_fails_only_the_batch_in_flight_and_the_next_run_converges(
+    servers: ServerUrls, pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
+    seeded: Seeded,
+) -> None:
+    """The outbox write and the `clients` repair pass; the `creditor_debts` repair write
+    is frozen and the server stopped under it. SPEC 6: those mismatches are `failed` with
+    the error, repair ends, the run cleans up and reports `partial`."""
+    url = faults.job_mongodb_url(servers.mongodb_url, APP)
+    updates = faults.command_count(servers.mongodb_url, "update")
+    with blocked(servers, "update", "update", skip=2), running(
+            lambda: run_job(pg_url, mongo_db, mongodb_url=url)) as run:
+        faults.wait_for_command(servers.mongodb_url, "update", updates + 3, "repair write")
+        faults.stop_mongodb(servers)
+        faults.start_mongodb(servers)
+        first = run.result(timeout=RUN_SECONDS)
+    [report] = report_rows(pg_engine)
+    rows = mismatches(pg_engine, report["id"])
+    drift = seeded.summary.drift
+    by_entity = {name: sorted({m["repair_status"] for m in rows
+                               if m["entity"] == name and m["kind"] != "orphan_in_mongo"})
+                 for name in drift}
+    # No wrong repair, whatever the outcome: every `repaired` mismatch holds in MongoDB.
+    wrong = read_model_differences(pg_engine, mongo_db).wrong
+    repaired_keys = {(m["entity"], m["record_key"]) for m in rows
+                     if m["repair_status"] == "repaired"}
+    assert not [w for w in wrong if tuple(w.split(":")[0].split(" ")) in repaired_keys]
+    assert by_entity["clients"] == ["repaired"]
+    # SPEC 6 (pending branch i10faults): the run completes, `partial`.
+    assert first.success, step_errors(first)
+    assert report["status"] == "partial", report["status"]
+    assert by_entity["creditor_debts"] == ["failed"]
+    assert all(m["repair_error"] for m in rows if m["repair_status"] == "failed")
+    assert report["idempotency_keys_deleted"] == 4  # cleanup still ran
+
+    second = run_job(pg_url, mongo_db, mongodb_url=url)
+    assert second.success, step_errors(second)
+    assert_converged(pg_engine, mongo_db, seeded.summary)
+    print_figures("mongodb-stopped-mid-repair", runs=2, mismatches=len(rows),
+                  failed=sum(m["repair_status"] == "failed" for m in rows), lost=0,
+                  wrong_repairs=0)

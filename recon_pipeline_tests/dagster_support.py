@@ -107,22 +107,32 @@ def run_job(pg_url: str, mongo_db: Database[Any], *, mongodb_url: str | None = N
     import recon_pipeline
     from recon_pipeline.definitions import defs
     from recon_pipeline.partitions import last_complete_hour
+    from recon_pipeline.runner import QUIET_LOGGERS
 
     options.setdefault("window_start", WINDOW_START)
     options.setdefault("window_end", WINDOW_END)
     job = defs.resolve_job_def("reconciliation_job")
     with DagsterInstance.ephemeral() as instance:
         return job.execute_in_process(
-            run_config=recon_pipeline.run_config(**options), instance=instance,
-            partition_key=last_complete_hour(SEED_NOW),
+            run_config={**recon_pipeline.run_config(**options), **QUIET_LOGGERS},
+            instance=instance, partition_key=last_complete_hour(SEED_NOW),
             resources=test_resources(pg_url, mongo_db, mapping_path, mongodb_url),
             raise_on_error=False)
 
 
 def step_errors(result: ExecuteInProcessResult) -> list[str]:
-    """The error messages of a run's failed steps."""
-    return [str(error.message) for event in result.all_events
-            for error in [getattr(event.event_specific_data, "error", None)] if error]
+    """The error messages of a run's failed steps, each with the errors that caused it
+    (Dagster wraps the op's own error)."""
+    messages = []
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        chain = []
+        while error is not None:
+            chain.append(str(error.message).strip())
+            error = error.cause
+        if chain:
+            messages.append(" <- ".join(chain))
+    return messages
 
 
 def mapping_with(tmp_path: Path, replacements: dict[str, str]) -> Path:

@@ -86,7 +86,11 @@ def table_locked(engine: sa.Engine, *tables: str) -> Iterator[sa.Connection]:
         try:
             yield conn
         finally:
-            conn.rollback()
+            try:
+                conn.rollback()
+            except sa.exc.DBAPIError as error:  # the server was restarted under it
+                if not error.connection_invalidated:
+                    raise
 
 
 def waiting_on_lock(engine: sa.Engine, statement_like: str) -> list[int]:

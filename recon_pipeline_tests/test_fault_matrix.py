@@ -252,3 +252,113 @@ def test_mongodb_stopped_mid_repair_fails_only_the_batch_in_flight_and_the_next_
     print_figures("mongodb-stopped-mid-repair", runs=2, mismatches=len(rows),
                   failed=sum(m["repair_status"] == "failed" for m in rows), lost=0,
                   wrong_repairs=0)
+
+
+# --- failCommand faults on run 1, run 2 converges -------------------------------------------
+
+FAULTS = {
+    "update-error": ("update", {"errorCode": 2}),
+    "update-write-concern": ("update", {"writeConcernError": faults.WRITE_CONCERN}),
+    "insert-error": ("insert", {"errorCode": 2}),
+    "find-error": ("find", {"errorCode": 2}),
+}
+
+
+@pytest.mark.parametrize("case", list(FAULTS))
+def test_a_fail_point_on_run_one_leaves_nothing_lost_and_run_two_converges(
+    case: str, servers: ServerUrls, pg_url: str, pg_engine: sa.Engine,
+    mongo_db: Database[Any], seeded: Seeded,
+) -> None:
+    """Every `command` of the run fails for the whole first run (outbox, extraction and
+    repair alike); the second run, fault gone, converges."""
+    command, data = FAULTS[case]
+    before, malformed = messages(pg_engine), malformed_ids(pg_engine)
+    url = faults.job_mongodb_url(servers.mongodb_url, APP)
+    with faults.fail_point(servers.mongodb_url, APP, "alwaysOn", failCommands=[command],
+                           **data):
+        first = run_job(pg_url, mongo_db, mongodb_url=url)
+    [report] = report_rows(pg_engine)
+    rows = mismatches(pg_engine, report["id"])
+    statuses = sorted({m["repair_status"] for m in rows if m["kind"] != "orphan_in_mongo"})
+    assert_no_message_lost(pg_engine, before, malformed)
+    differences = read_model_differences(pg_engine, mongo_db)
+    repaired = {(m["entity"], m["record_key"]) for m in rows if m["repair_status"] == "repaired"}
+    assert not [w for w in differences.wrong if tuple(w.split(":")[0].split(" ")) in repaired]
+    first_status = report["status"]
+
+    second = run_job(pg_url, mongo_db, mongodb_url=url)
+    assert second.success, step_errors(second)
+    assert_no_message_lost(pg_engine, before, malformed)
+    assert_converged(pg_engine, mongo_db, seeded.summary)
+    final = messages(pg_engine)
+    print_figures(f"failpoint-{case}", runs=2, messages=len(final),
+                  mismatches=len(rows), run1_status=first_status,
+                  run1_repair_statuses="/".join(statuses) or "-",
+                  sent=sum(m["status"] == "sent" for m in final.values()),
+                  still_due=sum(m["status"] in ("pending", "failed") for m in final.values()),
+                  lost=0, wrong_repairs=0)
+
+    if command == "find":  # nothing could be compared; the outbox (blind upserts) worked
+        assert (first_status, sorted(entity_errors(report))) == (
+            "partial", sorted(seeded.summary.drift))
+        assert rows == []
+    elif command == "insert":  # the pipeline writes through `update` (upserts) only
+        assert first.success, step_errors(first)
+        assert {name: report[name] for name in seeded.counts} == seeded.counts
+    else:  # SPEC 6 (pending branch i10faults for the plain error): failed, not aborted
+        assert first.success, step_errors(first)
+        assert first_status == "needs_attention"
+        assert "repaired" not in statuses and "failed" in statuses
+        assert all(m["repair_error"] for m in rows if m["repair_status"] == "failed")
+        assert report["idempotency_keys_deleted"] == 4  # cleanup still ran
+
+
+# --- PostgreSQL restarted between phases ----------------------------------------------------
+
+PHASE_GATES = {  # phase the run is held before -> (table locked, statement it waits in)
+    "extraction": ("clients", "%clients%"),
+    "cleanup": ("idempotency_keys", "%idempotency_keys%"),
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASE_GATES))
+def test_postgres_restarted_between_phases_fails_cleanly_and_the_next_run_converges(
+    phase: str, servers: ServerUrls, pg_url: str, pg_engine: sa.Engine,
+    mongo_db: Database[Any], seeded: Seeded,
+) -> None:
+    """The run is held at its first statement of `phase` (a table lock) and PostgreSQL
+    restarted under it: the run fails naming the lost connection, its report stays
+    `failed`, what the completed phases committed stays, the held phase wrote nothing."""
+    faults.require_owned(servers, "postgres")
+    table, statement = PHASE_GATES[phase]
+    url = faults.job_mongodb_url(servers.mongodb_url, APP)
+    with running(lambda: run_job(pg_url, mongo_db, mongodb_url=url)) as run:
+        with faults.table_locked(pg_engine, table):
+            faults.wait_for_lock_wait(pg_engine, statement, f"the run to reach {phase}")
+            faults.restart_postgres(servers)
+        first = run.result(timeout=RUN_SECONDS)
+    assert not first.success
+    errors = step_errors(first)
+    assert any("terminating connection" in e or "PostgreSQL" in e for e in errors), errors
+    [report] = report_rows(pg_engine)
+    rows = mismatches(pg_engine, report["id"])
+    final_messages = messages(pg_engine)
+    with pg_engine.connect() as conn:
+        keys = conn.execute(sa.text("select count(*) from idempotency_keys")).scalar_one()
+    assert report["status"] == "failed" and report["finished_at"] is None
+    # The outbox phase had committed: its deliveries stay delivered, dead letters dead.
+    assert sorted(m["status"] for m in final_messages.values()) == ["dead"] * 3 + ["sent"] * 3
+    assert keys == 6  # the cleanup never committed half a batch
+    if phase == "extraction":
+        assert rows == []
+    else:  # repair had committed every outcome
+        assert sorted({m["repair_status"] for m in rows}) == ["repaired", "reported"]
+    second = run_job(pg_url, mongo_db, mongodb_url=url)
+    assert second.success, step_errors(second)
+    assert report_rows(pg_engine)[-1]["idempotency_keys_deleted"] == 4
+    assert_converged(pg_engine, mongo_db, seeded.summary)
+    print_figures(f"postgres-restarted-before-{phase}", runs=2, messages=len(final_messages),
+                  mismatches=len(rows), run1_status=report["status"], lost=0,
+                  wrong_repairs=0, error=errors[0].split(" <- ")[-1][:90])
+    # SPEC 6 (pending branch i10faults): a failed run keeps its completed phases' figures.
+    assert (report["outbox_sent"], report["outbox_dead"]) == (3, 3)

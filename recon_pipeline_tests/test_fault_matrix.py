@@ -262,9 +262,12 @@ FAULTS = {
     "insert-error": ("insert", {"errorCode": 2}),
     "find-error": ("find", {"errorCode": 2}),
 }
+SOAK_FAULTS = {"insert-error"}  # the pipeline writes through upserts: it never inserts
 
 
-@pytest.mark.parametrize("case", list(FAULTS))
+@pytest.mark.parametrize("case", [
+    pytest.param(case, marks=pytest.mark.soak) if case in SOAK_FAULTS else case
+    for case in FAULTS])
 def test_a_fail_point_on_run_one_leaves_nothing_lost_and_run_two_converges(
     case: str, servers: ServerUrls, pg_url: str, pg_engine: sa.Engine,
     mongo_db: Database[Any], seeded: Seeded,
@@ -321,7 +324,8 @@ PHASE_GATES = {  # phase the run is held before -> (table locked, statement it w
 }
 
 
-@pytest.mark.parametrize("phase", list(PHASE_GATES))
+@pytest.mark.parametrize("phase", [
+    "extraction", pytest.param("cleanup", marks=pytest.mark.soak)])
 def test_postgres_restarted_between_phases_fails_cleanly_and_the_next_run_converges(
     phase: str, servers: ServerUrls, pg_url: str, pg_engine: sa.Engine,
     mongo_db: Database[Any], seeded: Seeded,
@@ -362,3 +366,56 @@ def test_postgres_restarted_between_phases_fails_cleanly_and_the_next_run_conver
                   wrong_repairs=0, error=errors[0].split(" <- ")[-1][:90])
     # SPEC 6 (pending branch i10faults): a failed run keeps its completed phases' figures.
     assert (report["outbox_sent"], report["outbox_dead"]) == (3, 3)
+
+
+# --- an outage across runs ------------------------------------------------------------------
+
+
+@pytest.mark.soak
+def test_five_runs_while_mongodb_is_down_charge_nothing_and_recovery_delivers_all(
+    servers: ServerUrls, pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
+    seeded: Seeded, tmp_path: Path,
+) -> None:
+    """SPEC 6 (pending branch i10faults): an outage of any length dead-letters nothing
+    and charges no attempt; backoff still spaces the retries (1 s here)."""
+    with pg_engine.begin() as conn:  # only deliverable messages: nothing may go dead
+        conn.execute(sa.text("delete from outbox_messages where aggregate_id = 'X1'"))
+    queue_client_upserts(pg_engine)
+    before = messages(pg_engine)
+    mapping = mapping_with(tmp_path, {"backoff_base_seconds: 60": "backoff_base_seconds: 1",
+                                      "backoff_max_seconds: 3600": "backoff_max_seconds: 1"})
+    url = faults.job_mongodb_url(servers.mongodb_url, APP)
+    faults.stop_mongodb(servers)
+    try:
+        down = [run_job(pg_url, mongo_db, mongodb_url=url, mapping_path=mapping)
+                for _ in range(5)]
+    finally:
+        faults.start_mongodb(servers)
+    during = messages(pg_engine)
+    reports_down = report_rows(pg_engine)
+    assert [r.success for r in down] == [True] * 5
+    assert [(r["status"], r["mongo_available"]) for r in reports_down] == [
+        ("partial", False)] * 5
+    assert not [m for m in during.values() if m["status"] in ("dead", "sent")]
+    charged = {i: m["attempts"] for i, m in during.items()
+               if m["attempts"] != before[i]["attempts"]}
+
+    def all_due() -> bool:
+        with pg_engine.connect() as conn:
+            return not conn.execute(sa.text(
+                "select count(*) from outbox_messages where next_attempt_at > now()")
+            ).scalar_one()
+
+    faults.embedded.wait_until(all_due, "the backoff to pass", faults.WAIT_SECONDS)
+    recovered = run_job(pg_url, mongo_db, mongodb_url=url, mapping_path=mapping)
+    assert recovered.success, step_errors(recovered)
+    after = messages(pg_engine)
+    assert_converged(pg_engine, mongo_db, seeded.summary)
+    print_figures("five-runs-mongodb-down", runs=6, messages=len(before),
+                  charged_attempts=sum(charged.values()) - sum(
+                      before[i]["attempts"] for i in charged),
+                  dead=sum(m["status"] == "dead" for m in after.values()),
+                  sent_after_recovery=sum(m["status"] == "sent" for m in after.values()),
+                  lost=0)
+    assert {m["status"] for m in after.values()} == {"sent"}
+    assert charged == {}  # no attempt charged by the outage

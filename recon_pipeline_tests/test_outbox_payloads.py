@@ -162,6 +162,6 @@ def generated_payloads_case(examples: int) -> Callable[..., None]:
     return case
 
 
-test_generated_payloads_end_sent_or_dead_with_a_reason = generated_payloads_case(3)
+test_generated_payloads_end_sent_or_dead_with_a_reason = generated_payloads_case(2)
 test_ten_thousand_generated_payloads_end_sent_or_dead_with_a_reason = pytest.mark.soak(
     generated_payloads_case(100))

@@ -80,6 +80,11 @@ class Differences:
     def converged(self) -> bool:
         return not self.wrong
 
+    @staticmethod
+    def keys(found: list[str]) -> set[tuple[str, str]]:
+        """(entity, record key as text) of `wrong` or `older` entries."""
+        return {(entry.split(" ")[0], entry.split(" ")[1].rstrip(":")) for entry in found}
+
 
 def read_model_differences(engine: sa.Engine, db: Database[dict[str, Any]]) -> Differences:
     wrong: list[str] = []
@@ -166,3 +171,25 @@ def dump_mongodb(db: Database[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
             documents.append(document)
         image[name] = documents
     return image
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+SECRET = "s3cret-pw"  # a password the servers ignore (trust auth): any leak of it shows
+
+
+def with_secret(pg_url: str) -> str:
+    return sa.make_url(pg_url).set(password=SECRET).render_as_string(hide_password=False)
+
+
+def leaked_secrets(engine: sa.Engine, db: Database[dict[str, Any]], *texts: str) -> int:
+    """Occurrences of SECRET in what runs leave behind: report details, mismatch and
+    outbox errors, MongoDB documents, and the given texts (errors, output)."""
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text(
+            "select coalesce(string_agg(details::text, ' '), '') from reconciliation_reports"
+            " union all select coalesce(string_agg(concat(fields::text, repair_error), ' '),"
+            " '') from reconciliation_mismatches union all select coalesce(string_agg("
+            "last_error, ' '), '') from outbox_messages")).scalars().all()
+    return sum(text.count(SECRET) for text in
+               [*stored, str(dump_mongodb(db)), *texts])

@@ -2,10 +2,13 @@
 `incoming_emails` the way a dual-write system does, PostgreSQL first and then MongoDB,
 stamping `updated_at` and replacing the document whole (without `_recon_version`, which
 only this project writes), while `reconciliation_job` judges and repairs the same rows.
+One write in ten loses its MongoDB half (the failure dual writes are reconciled for), so
+every run has fresh drift to repair on rows the application keeps writing.
 
-Afterwards no document holds an older version than its row, and no repair overwrote a
-newer write: with the writer stopped, MongoDB equals the projection of every source row.
-The short case runs in `make test`; the soak case (`-m soak`) keeps writing across runs.
+Afterwards no document holds an older version than its row except where the row's last
+write lost its MongoDB half, and no repair overwrote a newer write; a last run, writer
+stopped, converges. The short case runs in `make test`; the soak case (`-m soak`) keeps
+writing across 15 runs.
 """
 
 import json
@@ -36,9 +39,16 @@ from recon_pipeline_tests.dagster_support import (
     seed,
     step_errors,
 )
-from recon_pipeline_tests.read_model import assert_converged, read_model_differences
+from recon_pipeline_tests.read_model import (
+    assert_converged,
+    leaked_secrets,
+    read_model_differences,
+    seeded_orphans,
+    with_secret,
+)
 
 MIN_WRITES_PER_SECOND = 200
+LOSE_EVERY = 10  # every tenth application write reaches PostgreSQL only
 
 
 @dataclass
@@ -53,6 +63,8 @@ class Writer:
     stop: threading.Event = field(default_factory=threading.Event)
     writes: int = 0
     seconds: float = 0.0
+    lost_last: dict[int, bool] = field(default_factory=dict)  # key -> last write lost
+
     error: BaseException | None = None
 
     def run(self) -> None:
@@ -73,12 +85,15 @@ class Writer:
                         "processing_status, extracted_amount", (subject, now, key)).fetchone()
                     assert row is not None
                     amount = row[4]
+                    self.writes += 1
+                    self.lost_last[key] = self.writes % LOSE_EVERY == 0
+                    if self.lost_last[key]:
+                        continue
                     collection.replace_one({"_id": key}, {
                         "_id": key, "client_ref": row[0], "from": row[1], "subject": subject,
                         "received_at": row[2], "processing_status": row[3],
                         "extracted_amount": None if amount is None else Decimal128(
                             Decimal(amount)), "updated_at": now}, upsert=True)
-                    self.writes += 1
         except BaseException as error:  # reported by the test, never swallowed
             self.error = error
         finally:
@@ -98,7 +113,8 @@ def start_writers(pg_url: str, mongo_db: Database[Any], keys: list[int],
     return writers, workers
 
 
-def stop_writers(writers: list[Writer], workers: list[threading.Thread]) -> tuple[int, float]:
+def stop_writers(writers: list[Writer],
+                 workers: list[threading.Thread]) -> tuple[int, float, set[int]]:
     for writer in writers:
         writer.stop.set()
     for worker in workers:
@@ -106,7 +122,8 @@ def stop_writers(writers: list[Writer], workers: list[threading.Thread]) -> tupl
     for writer in writers:
         assert writer.error is None, repr(writer.error)
     writes = sum(w.writes for w in writers)
-    return writes, writes / max(w.seconds for w in writers)
+    lagging = {k for w in writers for k, lost in w.lost_last.items() if lost}
+    return writes, writes / max(w.seconds for w in writers), lagging
 
 
 def dual_write_runs(pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
@@ -123,23 +140,31 @@ def dual_write_runs(pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
     results = []
     try:
         for _ in range(runs):
-            results.append(run_job(pg_url, mongo_db, mapping_path=mapping,
+            results.append(run_job(with_secret(pg_url), mongo_db, mapping_path=mapping,
                                    window_end=datetime.now(UTC) + timedelta(hours=1)))
     finally:
-        writes, rate = stop_writers(writers, workers)
+        writes, rate, lagging = stop_writers(writers, workers)
     for result in results:
         assert result.success, step_errors(result)
     with pg_engine.connect() as conn:
-        outcomes = dict(conn.execute(sa.text(
+        outcomes: dict[str, int] = dict(conn.execute(sa.text(
             "select repair_status, count(*) from reconciliation_mismatches "
             "group by repair_status")).all())
     found = read_model_differences(pg_engine, mongo_db)
+    leaks = leaked_secrets(pg_engine, mongo_db,
+                           *[e for result in results for e in step_errors(result)])
+    may_lag = {("incoming_emails", str(key)) for key in lagging}
     print(f"\nMATRIX dual-writes: runs={runs} app_writes={writes} "
-          f"writes_per_second={rate:.0f} outcomes={outcomes} "
-          f"older_documents={len(found.older)} wrong={len(found.wrong)}")
+          f"writes_per_second={rate:.0f} lost_mongodb_halves={writes // LOSE_EVERY} "
+          f"outcomes={outcomes} older_documents={len(found.older)} "
+          f"lagging_rows={len(may_lag)} leaked_secrets={leaks}")
+    assert leaks == 0
     assert rate >= MIN_WRITES_PER_SECOND
-    assert found.older == []  # no document older than its row
-    assert_converged(pg_engine, mongo_db, seeded.summary)  # no repair overwrote a write
+    # Older than its row only where the application's last write lost its MongoDB half;
+    # anything else would be a repair that overwrote a newer write.
+    assert found.keys(found.older) <= may_lag
+    assert found.keys(found.wrong) <= may_lag
+    assert found.extra == seeded_orphans(seeded.summary)
     final = run_job(pg_url, mongo_db, mapping_path=mapping, window_start=WINDOW_START,
                     window_end=datetime.now(UTC) + timedelta(hours=1))
     assert final.success, step_errors(final)

@@ -33,7 +33,13 @@ from recon_pipeline_tests.dagster_support import (
     seed,
     step_errors,
 )
-from recon_pipeline_tests.read_model import assert_converged, read_model_differences
+from recon_pipeline_tests.read_model import (
+    SECRET,
+    assert_converged,
+    leaked_secrets,
+    read_model_differences,
+    with_secret,
+)
 
 APP = "recon-fault-matrix"
 RUN_SECONDS = 300
@@ -102,8 +108,14 @@ def malformed_ids(engine: sa.Engine) -> set[int]:
             "select id from outbox_messages where aggregate_id = 'X1'")).scalars())
 
 
-def print_figures(case: str, **figures: Any) -> None:
-    print(f"\nMATRIX {case}: " + " ".join(f"{k}={v}" for k, v in figures.items()))
+def print_figures(case: str, engine: sa.Engine, db: Database[Any],
+                  results: list[ExecuteInProcessResult], **figures: Any) -> None:
+    """The case's line of the README's table; no secret in anything the runs left."""
+    errors = [error for result in results for error in step_errors(result)]
+    leaks = leaked_secrets(engine, db, *errors)
+    print(f"\nMATRIX {case}: " + " ".join(f"{k}={v}" for k, v in figures.items())
+          + f" leaked_secrets={leaks}")
+    assert leaks == 0
 
 
 def entity_errors(report: dict[str, Any]) -> dict[str, list[str]]:
@@ -112,6 +124,12 @@ def entity_errors(report: dict[str, Any]) -> dict[str, list[str]]:
 
 
 # --- MongoDB stopped inside a phase ----------------------------------------------------------
+
+
+@pytest.fixture
+def secret_url(pg_url: str) -> str:
+    """The run's PostgreSQL URL with a password in it (ignored by trust auth)."""
+    return with_secret(pg_url)
 
 
 @pytest.fixture
@@ -129,7 +147,7 @@ def blocked(servers: ServerUrls, command: str, bucket: str, skip: int) -> Any:
 
 
 def test_mongodb_stopped_mid_outbox_loses_no_message_and_the_next_run_converges(
-    servers: ServerUrls, pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
+    servers: ServerUrls, secret_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
     seeded: Seeded, tmp_path: Path,
 ) -> None:
     """Batches of 10: the first is written, the second is frozen in its MongoDB write and
@@ -141,7 +159,7 @@ def test_mongodb_stopped_mid_outbox_loses_no_message_and_the_next_run_converges(
     url = faults.job_mongodb_url(servers.mongodb_url, APP)
     updates = faults.command_count(servers.mongodb_url, "update")
     with blocked(servers, "update", "update", skip=2), running(
-            lambda: run_job(pg_url, mongo_db, mongodb_url=url, mapping_path=mapping)) as run:
+            lambda: run_job(secret_url, mongo_db, mongodb_url=url, mapping_path=mapping)) as run:
         # Batch 1 holds the demo's messages and 4 clients: two writes; batch 2 is frozen.
         faults.wait_for_command(servers.mongodb_url, "update", updates + 3, "outbox batch 2")
         with faults.table_locked(pg_engine, "clients"):
@@ -159,12 +177,13 @@ def test_mongodb_stopped_mid_outbox_loses_no_message_and_the_next_run_converges(
     [report] = report_rows(pg_engine)
     assert report["status"] != "failed" and report["mongo_available"] is True
 
-    second = run_job(pg_url, mongo_db, mongodb_url=url, mapping_path=mapping)
+    second = run_job(secret_url, mongo_db, mongodb_url=url, mapping_path=mapping)
     assert second.success, step_errors(second)
     assert_no_message_lost(pg_engine, before, malformed)
     assert_converged(pg_engine, mongo_db, seeded.summary)
     final = messages(pg_engine)
-    print_figures("mongodb-stopped-mid-outbox", runs=2, messages=len(before),
+    print_figures("mongodb-stopped-mid-outbox", pg_engine, mongo_db, [first, second],
+                  runs=2, messages=len(before),
                   queued=len(queued), sent=sum(m["status"] == "sent" for m in final.values()),
                   still_due=sum(m["status"] in ("pending", "failed") for m in final.values()),
                   dead=sum(m["status"] == "dead" for m in final.values()),
@@ -174,7 +193,7 @@ def test_mongodb_stopped_mid_outbox_loses_no_message_and_the_next_run_converges(
 
 
 def test_mongodb_stopped_mid_extraction_fails_only_that_entity_and_the_next_run_converges(
-    servers: ServerUrls, pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
+    servers: ServerUrls, secret_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
     seeded: Seeded,
 ) -> None:
     """The first extraction read (the `clients` chunk) is frozen and the server stopped
@@ -184,7 +203,7 @@ def test_mongodb_stopped_mid_extraction_fails_only_that_entity_and_the_next_run_
     url = faults.job_mongodb_url(servers.mongodb_url, APP)
     finds = faults.command_count(servers.mongodb_url, "query")
     with blocked(servers, "find", "query", skip=0), running(
-            lambda: run_job(pg_url, mongo_db, mongodb_url=url)) as run:
+            lambda: run_job(secret_url, mongo_db, mongodb_url=url)) as run:
         faults.wait_for_command(servers.mongodb_url, "query", finds + 1, "extraction")
         faults.stop_mongodb(servers)
         faults.start_mongodb(servers)
@@ -203,17 +222,18 @@ def test_mongodb_stopped_mid_extraction_fails_only_that_entity_and_the_next_run_
                 drift[name].rows, len(drift[name].missing) + len(drift[name].mismatched), 0)
     assert all(m["repair_status"] != "failed" for m in mismatches(pg_engine, report["id"]))
 
-    second = run_job(pg_url, mongo_db, mongodb_url=url)
+    second = run_job(secret_url, mongo_db, mongodb_url=url)
     assert second.success, step_errors(second)
     assert report_rows(pg_engine)[-1]["status"] == "needs_attention"  # orphans, dead letters
     assert_converged(pg_engine, mongo_db, seeded.summary)
-    print_figures("mongodb-stopped-mid-extraction", runs=2,
+    print_figures("mongodb-stopped-mid-extraction", pg_engine, mongo_db, [first, second],
+                  runs=2,
                   rows=sum(d.rows for d in drift.values()),
                   entities_not_compared=sorted(errors), lost=0, wrong_repairs=0)
 
 
 def test_mongodb_stopped_mid_repair_fails_only_the_batch_in_flight_and_the_next_run_converges(
-    servers: ServerUrls, pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
+    servers: ServerUrls, secret_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
     seeded: Seeded,
 ) -> None:
     """The outbox write and the `clients` repair pass; the `creditor_debts` repair write
@@ -222,7 +242,7 @@ def test_mongodb_stopped_mid_repair_fails_only_the_batch_in_flight_and_the_next_
     url = faults.job_mongodb_url(servers.mongodb_url, APP)
     updates = faults.command_count(servers.mongodb_url, "update")
     with blocked(servers, "update", "update", skip=2), running(
-            lambda: run_job(pg_url, mongo_db, mongodb_url=url)) as run:
+            lambda: run_job(secret_url, mongo_db, mongodb_url=url)) as run:
         faults.wait_for_command(servers.mongodb_url, "update", updates + 3, "repair write")
         faults.stop_mongodb(servers)
         faults.start_mongodb(servers)
@@ -246,17 +266,18 @@ def test_mongodb_stopped_mid_repair_fails_only_the_batch_in_flight_and_the_next_
     assert all(m["repair_error"] for m in rows if m["repair_status"] == "failed")
     assert report["idempotency_keys_deleted"] == 4  # cleanup still ran
 
-    second = run_job(pg_url, mongo_db, mongodb_url=url)
+    second = run_job(secret_url, mongo_db, mongodb_url=url)
     assert second.success, step_errors(second)
     assert_converged(pg_engine, mongo_db, seeded.summary)
-    print_figures("mongodb-stopped-mid-repair", runs=2, mismatches=len(rows),
+    print_figures("mongodb-stopped-mid-repair", pg_engine, mongo_db, [first, second],
+                  runs=2, mismatches=len(rows),
                   failed=sum(m["repair_status"] == "failed" for m in rows), lost=0,
                   wrong_repairs=0)
 
 
 # --- failCommand faults on run 1, run 2 converges -------------------------------------------
 
-FAULTS = {
+FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
     "update-error": ("update", {"errorCode": 2}),
     "update-write-concern": ("update", {"writeConcernError": faults.WRITE_CONCERN}),
     "insert-error": ("insert", {"errorCode": 2}),
@@ -269,7 +290,7 @@ SOAK_FAULTS = {"insert-error"}  # the pipeline writes through upserts: it never 
     pytest.param(case, marks=pytest.mark.soak) if case in SOAK_FAULTS else case
     for case in FAULTS])
 def test_a_fail_point_on_run_one_leaves_nothing_lost_and_run_two_converges(
-    case: str, servers: ServerUrls, pg_url: str, pg_engine: sa.Engine,
+    case: str, servers: ServerUrls, secret_url: str, pg_engine: sa.Engine,
     mongo_db: Database[Any], seeded: Seeded,
 ) -> None:
     """Every `command` of the run fails for the whole first run (outbox, extraction and
@@ -279,7 +300,7 @@ def test_a_fail_point_on_run_one_leaves_nothing_lost_and_run_two_converges(
     url = faults.job_mongodb_url(servers.mongodb_url, APP)
     with faults.fail_point(servers.mongodb_url, APP, "alwaysOn", failCommands=[command],
                            **data):
-        first = run_job(pg_url, mongo_db, mongodb_url=url)
+        first = run_job(secret_url, mongo_db, mongodb_url=url)
     [report] = report_rows(pg_engine)
     rows = mismatches(pg_engine, report["id"])
     statuses = sorted({m["repair_status"] for m in rows if m["kind"] != "orphan_in_mongo"})
@@ -289,12 +310,13 @@ def test_a_fail_point_on_run_one_leaves_nothing_lost_and_run_two_converges(
     assert not [w for w in differences.wrong if tuple(w.split(":")[0].split(" ")) in repaired]
     first_status = report["status"]
 
-    second = run_job(pg_url, mongo_db, mongodb_url=url)
+    second = run_job(secret_url, mongo_db, mongodb_url=url)
     assert second.success, step_errors(second)
     assert_no_message_lost(pg_engine, before, malformed)
     assert_converged(pg_engine, mongo_db, seeded.summary)
     final = messages(pg_engine)
-    print_figures(f"failpoint-{case}", runs=2, messages=len(final),
+    print_figures(f"failpoint-{case}", pg_engine, mongo_db, [first, second],
+                  runs=2, messages=len(final),
                   mismatches=len(rows), run1_status=first_status,
                   run1_repair_statuses="/".join(statuses) or "-",
                   sent=sum(m["status"] == "sent" for m in final.values()),
@@ -327,7 +349,7 @@ PHASE_GATES = {  # phase the run is held before -> (table locked, statement it w
 @pytest.mark.parametrize("phase", [
     "extraction", pytest.param("cleanup", marks=pytest.mark.soak)])
 def test_postgres_restarted_between_phases_fails_cleanly_and_the_next_run_converges(
-    phase: str, servers: ServerUrls, pg_url: str, pg_engine: sa.Engine,
+    phase: str, servers: ServerUrls, secret_url: str, pg_engine: sa.Engine,
     mongo_db: Database[Any], seeded: Seeded,
 ) -> None:
     """The run is held at its first statement of `phase` (a table lock) and PostgreSQL
@@ -336,7 +358,7 @@ def test_postgres_restarted_between_phases_fails_cleanly_and_the_next_run_conver
     faults.require_owned(servers, "postgres")
     table, statement = PHASE_GATES[phase]
     url = faults.job_mongodb_url(servers.mongodb_url, APP)
-    with running(lambda: run_job(pg_url, mongo_db, mongodb_url=url)) as run:
+    with running(lambda: run_job(secret_url, mongo_db, mongodb_url=url)) as run:
         with faults.table_locked(pg_engine, table):
             faults.wait_for_lock_wait(pg_engine, statement, f"the run to reach {phase}")
             faults.restart_postgres(servers)
@@ -357,11 +379,12 @@ def test_postgres_restarted_between_phases_fails_cleanly_and_the_next_run_conver
         assert rows == []
     else:  # repair had committed every outcome
         assert sorted({m["repair_status"] for m in rows}) == ["repaired", "reported"]
-    second = run_job(pg_url, mongo_db, mongodb_url=url)
+    second = run_job(secret_url, mongo_db, mongodb_url=url)
     assert second.success, step_errors(second)
     assert report_rows(pg_engine)[-1]["idempotency_keys_deleted"] == 4
     assert_converged(pg_engine, mongo_db, seeded.summary)
-    print_figures(f"postgres-restarted-before-{phase}", runs=2, messages=len(final_messages),
+    print_figures(f"postgres-restarted-before-{phase}", pg_engine, mongo_db, [first, second],
+                  runs=2, messages=len(final_messages),
                   mismatches=len(rows), run1_status=report["status"], lost=0,
                   wrong_repairs=0, error=errors[0].split(" <- ")[-1][:90])
     # SPEC 6 (pending branch i10faults): a failed run keeps its completed phases' figures.
@@ -373,7 +396,7 @@ def test_postgres_restarted_between_phases_fails_cleanly_and_the_next_run_conver
 
 @pytest.mark.soak
 def test_five_runs_while_mongodb_is_down_charge_nothing_and_recovery_delivers_all(
-    servers: ServerUrls, pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
+    servers: ServerUrls, secret_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
     seeded: Seeded, tmp_path: Path,
 ) -> None:
     """SPEC 6 (pending branch i10faults): an outage of any length dead-letters nothing
@@ -385,9 +408,11 @@ def test_five_runs_while_mongodb_is_down_charge_nothing_and_recovery_delivers_al
     mapping = mapping_with(tmp_path, {"backoff_base_seconds: 60": "backoff_base_seconds: 1",
                                       "backoff_max_seconds: 3600": "backoff_max_seconds: 1"})
     url = faults.job_mongodb_url(servers.mongodb_url, APP)
+    # Credentials in the URL too: an outage's errors quote the server they could not reach.
+    down_url = url.replace("mongodb://", f"mongodb://app:{SECRET}@")
     faults.stop_mongodb(servers)
     try:
-        down = [run_job(pg_url, mongo_db, mongodb_url=url, mapping_path=mapping)
+        down = [run_job(secret_url, mongo_db, mongodb_url=down_url, mapping_path=mapping)
                 for _ in range(5)]
     finally:
         faults.start_mongodb(servers)
@@ -407,11 +432,12 @@ def test_five_runs_while_mongodb_is_down_charge_nothing_and_recovery_delivers_al
             ).scalar_one()
 
     faults.embedded.wait_until(all_due, "the backoff to pass", faults.WAIT_SECONDS)
-    recovered = run_job(pg_url, mongo_db, mongodb_url=url, mapping_path=mapping)
+    recovered = run_job(secret_url, mongo_db, mongodb_url=url, mapping_path=mapping)
     assert recovered.success, step_errors(recovered)
     after = messages(pg_engine)
     assert_converged(pg_engine, mongo_db, seeded.summary)
-    print_figures("five-runs-mongodb-down", runs=6, messages=len(before),
+    print_figures("five-runs-mongodb-down", pg_engine, mongo_db, [*down, recovered],
+                  runs=6, messages=len(before),
                   charged_attempts=sum(charged.values()) - sum(
                       before[i]["attempts"] for i in charged),
                   dead=sum(m["status"] == "dead" for m in after.values()),

@@ -36,7 +36,13 @@ from recon_pipeline_tests.dagster_support import (
     seed,
     step_errors,
 )
-from recon_pipeline_tests.read_model import assert_converged, dump_mongodb, dump_postgres
+from recon_pipeline_tests.read_model import (
+    assert_converged,
+    dump_mongodb,
+    dump_postgres,
+    leaked_secrets,
+    with_secret,
+)
 
 APP = "recon-kill-matrix"
 Image = tuple[dict[str, Any], dict[str, Any]]
@@ -153,7 +159,7 @@ def test_sigkill_leaves_the_report_failed_and_a_rerun_converges_to_the_uninterru
 
     seeded = seed(pg_engine, mongo_db, load_mapping(packaged_mapping_path(), pg_engine))
     url = faults.job_mongodb_url(mongo_url_of(mongo_db), APP)
-    process = start_cli_run(pg_url, url, mongo_db.name)
+    process = start_cli_run(with_secret(pg_url), url, mongo_db.name)
     try:
         with ExitStack() as stack:
             KILL_POINTS[point](stack, servers, pg_engine)
@@ -167,6 +173,7 @@ def test_sigkill_leaves_the_report_failed_and_a_rerun_converges_to_the_uninterru
             process.kill()
             process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
+    output = b"".join(process.communicate()).decode(errors="replace")
     with pg_engine.connect() as conn:
         killed = dict(conn.execute(sa.text(
             "select * from reconciliation_reports")).mappings().one())
@@ -174,7 +181,7 @@ def test_sigkill_leaves_the_report_failed_and_a_rerun_converges_to_the_uninterru
             "select count(*) from reconciliation_mismatches")).scalar_one()
     assert (killed["status"], killed["finished_at"]) == ("failed", None)
 
-    rerun = run_job(pg_url, mongo_db)
+    rerun = run_job(with_secret(pg_url), mongo_db)
     assert rerun.success, step_errors(rerun)
     with pg_engine.connect() as conn:
         statuses = list(conn.execute(sa.text(
@@ -184,8 +191,11 @@ def test_sigkill_leaves_the_report_failed_and_a_rerun_converges_to_the_uninterru
     source, target = uninterrupted
     assert dump_postgres(pg_engine) == source
     assert dump_mongodb(mongo_db) == target
+    leaks = leaked_secrets(pg_engine, mongo_db, output, *step_errors(rerun))
     print(f"\nMATRIX sigkill-at-{point}: runs=2 documents="
           f"{sum(len(v) for v in target.values())} rows="
           f"{sum(len(source[t]) for t in ('clients', 'creditor_debts', 'incoming_emails'))} "
           f"messages={len(source['outbox_messages'])} killed_mismatches={killed_mismatches} "
-          f"killed_figures={sum(killed[c] for c in REPORT_COUNTS)} lost=0 wrong_repairs=0")
+          f"killed_figures={sum(killed[c] for c in REPORT_COUNTS)} lost=0 wrong_repairs=0 "
+          f"leaked_secrets={leaks}")
+    assert leaks == 0

@@ -22,10 +22,11 @@ from pymongo.database import Database
 
 from recon_pipeline.stores import reports
 from recon_pipeline_tests.dagster_support import run_job, step_errors
+from recon_pipeline_tests.read_model import leaked_secrets, with_secret
 
 PER_RUN = 100  # messages per run (one hypothesis example)
 
-text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
+text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
                max_size=8)
 moments = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2999, 12, 31),
                        timezones=st.just(UTC)).map(datetime.isoformat)
@@ -109,7 +110,7 @@ def deliver_generated(pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any]
                 " values (:t, :k, :o, cast(:p as jsonb)) returning id"),
                 {"t": message.aggregate_type, "k": str(message.key), "o": message.operation,
                  "p": _json(message.payload)}).scalar_one())
-    result = run_job(pg_url, mongo_db)
+    result = run_job(with_secret(pg_url), mongo_db)
     assert result.success, step_errors(result)
     with pg_engine.connect() as conn:
         outcomes = {r.id: (r.status, r.last_error) for r in conn.execute(sa.text(
@@ -135,10 +136,13 @@ def deliver_generated(pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any]
         else:
             assert mongo_db[entity].count_documents({"_id": key}) == 1, (entity, key)
     with pg_engine.connect() as conn:
-        totals = dict(conn.execute(sa.text(
+        totals: dict[str, int] = dict(conn.execute(sa.text(
             "select status, count(*) from outbox_messages group by status")).all())
+    leaks = leaked_secrets(pg_engine, mongo_db, *step_errors(result))
     print(f"\nMATRIX generated-payloads: runs_so_far={len(reports.recent_reports(pg_engine, 1000))}"
-          f" payloads_so_far={sum(totals.values())} outcomes={totals} lost=0 crashed_runs=0")
+          f" payloads_so_far={sum(totals.values())} outcomes={totals} lost=0 crashed_runs=0"
+          f" leaked_secrets={leaks}")
+    assert leaks == 0
 
 
 def _json(value: Any) -> str:

@@ -388,7 +388,7 @@ def test_postgres_restarted_between_phases_fails_cleanly_and_the_next_run_conver
     print_figures(f"postgres-restarted-before-{phase}", pg_engine, mongo_db, [first, second],
                   runs=2, messages=len(final_messages),
                   mismatches=len(rows), run1_status=report["status"], lost=0,
-                  wrong_repairs=0, error=errors[0].split(" <- ")[-1].strip()[:90])
+                  wrong_repairs=0, error=errors[0].split(" <- ")[-1].strip().splitlines()[0][:90])
     # SPEC 6 (pending branch i10faults): a failed run keeps its completed phases' figures.
     assert (report["outbox_sent"], report["outbox_dead"]) == (3, 3)
 

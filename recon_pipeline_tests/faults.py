@@ -153,6 +153,13 @@ def start_mongodb(servers: ServerUrls) -> None:
         Path(old.datadir), port=old.port, test_commands=True)
 
 
+def ensure_mongodb_running(servers: ServerUrls) -> None:
+    """After a test that stops the server, whatever happened in it: later tests need it."""
+    server = servers.owned.get("mongodb")
+    if server is not None and not embedded.mongodb_answers(server.port):
+        start_mongodb(servers)
+
+
 def restart_postgres(servers: ServerUrls) -> None:
     """Stop (fast: sessions are terminated) and start the suite's PostgreSQL again."""
     old = servers.owned["postgres"]

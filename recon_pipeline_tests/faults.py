@@ -53,6 +53,12 @@ BLOCK_MS = 600_000  # "until the test acts": the connection is closed long befor
 WAIT_SECONDS = 180.0  # generous: the machine is shared
 
 
+def frozen(mongodb_url: str, app: str, command: str, skip: int) -> Any:
+    """Freeze the `skip`+1-th `command` of client `app` until the test acts."""
+    return fail_point(mongodb_url, app, {"skip": skip, "times": 1}, failCommands=[command],
+                      blockConnection=True, blockTimeMS=BLOCK_MS)
+
+
 def job_mongodb_url(mongodb_url: str, app: str) -> str:
     """The URL a run under test uses: named `app` for fail points, and without the
     driver's one silent retry, so a fault lands where the test put it."""

@@ -142,13 +142,6 @@ def seeded(servers: ServerUrls, pg_engine: sa.Engine, mongo_db: Database[Any],
         faults.ensure_mongodb_running(servers)
 
 
-def blocked(servers: ServerUrls, command: str, bucket: str, skip: int) -> Any:
-    """Freeze the run's `skip`+1-th `command` until the test acts."""
-    return faults.fail_point(servers.mongodb_url, APP, {"skip": skip, "times": 1},
-                             failCommands=[command], blockConnection=True,
-                             blockTimeMS=faults.BLOCK_MS)
-
-
 def test_mongodb_stopped_mid_outbox_loses_no_message_and_the_next_run_converges(
     servers: ServerUrls, secret_url: str, pg_engine: sa.Engine, mongo_db: Database[Any],
     seeded: Seeded, tmp_path: Path,
@@ -161,7 +154,7 @@ def test_mongodb_stopped_mid_outbox_loses_no_message_and_the_next_run_converges(
     mapping = mapping_with(tmp_path, {"batch_size: 500": "batch_size: 10"})
     url = faults.job_mongodb_url(servers.mongodb_url, APP)
     updates = faults.command_count(servers.mongodb_url, "update")
-    with blocked(servers, "update", "update", skip=2), running(
+    with faults.frozen(servers.mongodb_url, APP, "update", skip=2), running(
             lambda: run_job(secret_url, mongo_db, mongodb_url=url, mapping_path=mapping)) as run:
         # Batch 1 holds the demo's messages and 4 clients: two writes; batch 2 is frozen.
         faults.wait_for_command(servers.mongodb_url, "update", updates + 3, "outbox batch 2")
@@ -206,7 +199,7 @@ def test_mongodb_stopped_mid_extraction_fails_only_that_entity_and_the_next_run_
     others are judged and repaired as usual."""
     url = faults.job_mongodb_url(servers.mongodb_url, APP)
     finds = faults.command_count(servers.mongodb_url, "query")
-    with blocked(servers, "find", "query", skip=0), running(
+    with faults.frozen(servers.mongodb_url, APP, "find", skip=0), running(
             lambda: run_job(secret_url, mongo_db, mongodb_url=url)) as run:
         faults.wait_for_command(servers.mongodb_url, "query", finds + 1, "extraction")
         faults.stop_mongodb(servers)
@@ -245,7 +238,7 @@ def test_mongodb_stopped_mid_repair_fails_only_the_batch_in_flight_and_the_next_
     the error, repair ends, the run cleans up and reports `partial`."""
     url = faults.job_mongodb_url(servers.mongodb_url, APP)
     updates = faults.command_count(servers.mongodb_url, "update")
-    with blocked(servers, "update", "update", skip=2), running(
+    with faults.frozen(servers.mongodb_url, APP, "update", skip=2), running(
             lambda: run_job(secret_url, mongo_db, mongodb_url=url)) as run:
         faults.wait_for_command(servers.mongodb_url, "update", updates + 3, "repair write")
         faults.stop_mongodb(servers)

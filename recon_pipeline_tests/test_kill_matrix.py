@@ -92,12 +92,6 @@ def start_cli_run(pg_url: str, mongodb_url: str, database: str) -> subprocess.Po
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def block(servers: ServerUrls, command: str, skip: int) -> Any:
-    return faults.fail_point(servers.mongodb_url, APP, {"skip": skip, "times": 1},
-                             failCommands=[command], blockConnection=True,
-                             blockTimeMS=faults.BLOCK_MS)
-
-
 def backends(engine: sa.Engine) -> list[int]:
     """Sessions of other clients on this database (the run's, during the test)."""
     with engine.connect() as conn:
@@ -113,7 +107,7 @@ def at_mongodb_command(command: str, bucket: str, skip: int) -> Hold:
     """Freeze the run's `skip`+1-th MongoDB `command` and wait until it is sent."""
     def hold(stack: ExitStack, servers: ServerUrls, engine: sa.Engine) -> None:
         count = faults.command_count(servers.mongodb_url, bucket)
-        stack.enter_context(block(servers, command, skip))
+        stack.enter_context(faults.frozen(servers.mongodb_url, APP, command, skip))
         faults.wait_for_command(servers.mongodb_url, bucket, count + skip + 1, command)
 
     return hold

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -133,6 +134,15 @@ def step_errors(result: ExecuteInProcessResult) -> list[str]:
         if chain:
             messages.append(" <- ".join(chain))
     return messages
+
+
+def start_cli_run(pg_url: str, mongodb_url: str, database: str) -> subprocess.Popen[bytes]:
+    """`recon-pipeline run` over the seeded window, as an operator or cron starts it."""
+    env = child_env(DATABASE_URL=pg_url, MONGODB_URL=mongodb_url, MONGODB_DATABASE=database)
+    return subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "recon-pipeline"), "run", "--start",
+         WINDOW_START.isoformat(), "--end", WINDOW_END.isoformat(), "--json"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def mapping_with(tmp_path: Path, replacements: dict[str, str]) -> Path:

@@ -11,7 +11,6 @@ needs, then killed. Only the client dies: the servers keep every acknowledged wr
 
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -28,12 +27,9 @@ from recon_pipeline.stores.schema import REPORT_COUNTS
 from recon_pipeline_tests import faults
 from recon_pipeline_tests.conftest import ServerUrls, mongo_url_of
 from recon_pipeline_tests.dagster_support import (
-    REPO,
-    WINDOW_END,
-    WINDOW_START,
-    child_env,
     run_job,
     seed,
+    start_cli_run,
     step_errors,
 )
 from recon_pipeline_tests.read_model import (
@@ -81,15 +77,6 @@ def embedded_admin(servers: ServerUrls) -> Iterator[sa.Connection]:
             yield conn
     finally:
         engine.dispose()
-
-
-def start_cli_run(pg_url: str, mongodb_url: str, database: str) -> subprocess.Popen[bytes]:
-    """`recon-pipeline run` over the seeded window, as an operator or cron starts it."""
-    env = child_env(DATABASE_URL=pg_url, MONGODB_URL=mongodb_url, MONGODB_DATABASE=database)
-    return subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "recon-pipeline"), "run", "--start",
-         WINDOW_START.isoformat(), "--end", WINDOW_END.isoformat(), "--json"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def backends(engine: sa.Engine) -> list[int]:

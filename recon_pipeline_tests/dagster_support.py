@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from dagster import DagsterInstance, ExecuteInProcessResult
 from pymongo.database import Database
 
 from recon_pipeline.demo import SeedSummary, seed_demo
@@ -97,3 +99,60 @@ def small_chunk_mapping(tmp_path: Path, chunk_size: int = 10) -> Path:
         "chunk_size: 50000", f"chunk_size: {chunk_size}"))
     return path
 
+
+
+def run_job(pg_url: str, mongo_db: Database[Any], *, mongodb_url: str | None = None,
+            mapping_path: Path | None = None, **options: Any) -> ExecuteInProcessResult:
+    """One whole in-process run of `reconciliation_job` against the test servers, over
+    the seeded window unless options say otherwise; never raises on a failed step."""
+    import recon_pipeline
+    from recon_pipeline.definitions import defs
+    from recon_pipeline.partitions import last_complete_hour
+    from recon_pipeline.runner import QUIET_LOGGERS
+
+    options.setdefault("window_start", WINDOW_START)
+    options.setdefault("window_end", WINDOW_END)
+    job = defs.resolve_job_def("reconciliation_job")
+    with DagsterInstance.ephemeral() as instance:
+        return job.execute_in_process(
+            run_config={**recon_pipeline.run_config(**options), **QUIET_LOGGERS},
+            instance=instance, partition_key=last_complete_hour(SEED_NOW),
+            resources=test_resources(pg_url, mongo_db, mapping_path, mongodb_url),
+            raise_on_error=False)
+
+
+def step_errors(result: ExecuteInProcessResult) -> list[str]:
+    """The error messages of a run's failed steps, each with the errors that caused it
+    (Dagster wraps the op's own error)."""
+    messages = []
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        chain = []
+        while error is not None:
+            chain.append(str(error.message).strip())
+            error = error.cause
+        if chain:
+            messages.append(" <- ".join(chain))
+    return messages
+
+
+def start_cli_run(pg_url: str, mongodb_url: str, database: str) -> subprocess.Popen[bytes]:
+    """`recon-pipeline run` over the seeded window, as an operator or cron starts it."""
+    env = child_env(DATABASE_URL=pg_url, MONGODB_URL=mongodb_url, MONGODB_DATABASE=database)
+    return subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "recon-pipeline"), "run", "--start",
+         WINDOW_START.isoformat(), "--end", WINDOW_END.isoformat(), "--json"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def mapping_with(tmp_path: Path, replacements: dict[str, str]) -> Path:
+    """The packaged mapping with some settings lines replaced (old text -> new text)."""
+    from recon_pipeline.environment import packaged_mapping_path
+
+    text = packaged_mapping_path().read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "recon.yaml"
+    path.write_text(text)
+    return path

@@ -65,13 +65,13 @@ def run(engine: sa.Engine, db: Database, run_window: RunWindow | None = None, *,
         dry_run: bool = False) -> RunReport:
     """A whole run through `reconciliation_job` over an explicit window, with the packaged
     mapping and `settings` replaced in it; fails the test when the run fails."""
-    from recon_pipeline_tests.dagster_support import execute_job, mapping_with_settings, report_of
+    from recon_pipeline_tests.dagster_support import mapping_with, report_of, run_job
 
     chosen = run_window or window()
     with tempfile.TemporaryDirectory() as directory:
-        result = execute_job(
+        result = run_job(
             engine.url.render_as_string(hide_password=False), db,
-            mapping_path=mapping_with_settings(Path(directory), **(settings or {})),
+            mapping_path=mapping_with(Path(directory), **(settings or {})),
             window_start=chosen.start, window_end=chosen.end, full_scan=chosen.full_scan,
             entities=entities, dry_run=dry_run)
     assert result.success, [e.message for e in result.all_events if e.is_failure]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ class ServerUrls:
     mongodb_url: str
     embedded_home: Path | None
     mongodb_port: int | None  # set when the suite owns the server (it can be restarted)
+    # The servers the suite started, by name; fault tests replace an entry when they
+    # restart one, so the session stops the process that is running at the end.
+    owned: dict[str, embedded.ServerProcess] = field(default_factory=dict)
 
     def postgres_url(self, database: str) -> str:
         return sa.make_url(self.postgres_admin_url).set(database=database).render_as_string(
@@ -71,10 +74,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUrls]:
         mongo = embedded.start_mongodb(home / "mongodb", test_commands=True)
         started.append(mongo)
         mongo_url, mongo_port = embedded.mongodb_url(mongo.port), mongo.port
+    urls = ServerUrls(pg_url, mongo_url, home, mongo_port,
+                      {server.name: server for server in started})
     try:
-        yield ServerUrls(pg_url, mongo_url, home, mongo_port)
+        yield urls
     finally:
-        for server in started:
+        for server in urls.owned.values():
             embedded.stop_server(server)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,6 @@ from dagster import DagsterInstance, ExecuteInProcessResult
 from pymongo.database import Database
 
 import recon_pipeline
-from recon_pipeline.defs.partitions import partition_covering
 from recon_pipeline.defs.resources import (
     MappingResource,
     MongoResource,
@@ -105,32 +105,23 @@ def small_chunk_mapping(tmp_path: Path, chunk_size: int = 10) -> Path:
 
 
 
-def mapping_with_settings(directory: Path, **settings: Any) -> Path:
-    """The packaged mapping with some `settings:` replaced, written into `directory`."""
-    from recon_pipeline.local.environment import packaged_mapping_path
-
-    raw = yaml.safe_load(packaged_mapping_path().read_text())
-    raw["settings"] = {**(raw.get("settings") or {}), **settings}
-    path = directory / "recon.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def execute_job(pg_url: str, mongo_db: Database[Any], *, mapping_path: Path | None = None,
-                mongodb_url: str | None = None, **options: Any) -> ExecuteInProcessResult:
-    """One in-process run of `reconciliation_job`, the path every user run takes, with
-    `recon_pipeline.run_config(**options)`; an explicit window picks its partition like
-    `recon-pipeline run` does."""
+def run_job(pg_url: str, mongo_db: Database[Any], *, mongodb_url: str | None = None,
+            mapping_path: Path | None = None, **options: Any) -> ExecuteInProcessResult:
+    """One whole in-process run of `reconciliation_job` against the test servers, over
+    the seeded window unless options say otherwise; never raises on a failed step."""
+    from recon_pipeline.cli.runner import QUIET_LOGGERS
     from recon_pipeline.definitions import defs
+    from recon_pipeline.defs.partitions import last_complete_hour
 
-    now = datetime.now(UTC)
-    end = options.get("window_end")
-    partition = partition_covering(end if isinstance(end, datetime) else now, now)
+    options.setdefault("window_start", WINDOW_START)
+    options.setdefault("window_end", WINDOW_END)
+    job = defs.resolve_job_def("reconciliation_job")
     with DagsterInstance.ephemeral() as instance:
-        return defs.resolve_job_def("reconciliation_job").execute_in_process(
-            run_config=recon_pipeline.run_config(**options), instance=instance,
-            partition_key=partition, raise_on_error=False,
-            resources=test_resources(pg_url, mongo_db, mapping_path, mongodb_url))
+        return job.execute_in_process(
+            run_config={**recon_pipeline.run_config(**options), **QUIET_LOGGERS},
+            instance=instance, partition_key=last_complete_hour(SEED_NOW),
+            resources=test_resources(pg_url, mongo_db, mapping_path, mongodb_url),
+            raise_on_error=False)
 
 
 def report_of(engine: sa.Engine, result: ExecuteInProcessResult) -> RunReport:
@@ -138,3 +129,46 @@ def report_of(engine: sa.Engine, result: ExecuteInProcessResult) -> RunReport:
     [event] = result.get_asset_materialization_events()
     report_id = event.materialization.metadata["report_id"].value
     return RunReport.from_row(reports.read_report(engine, int(report_id)))  # type: ignore[arg-type]
+
+
+def step_errors(result: ExecuteInProcessResult) -> list[str]:
+    """The error messages of a run's failed steps, each with the errors that caused it
+    (Dagster wraps the op's own error)."""
+    messages = []
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        chain = []
+        while error is not None:
+            chain.append(str(error.message).strip())
+            error = error.cause
+        if chain:
+            messages.append(" <- ".join(chain))
+    return messages
+
+
+def start_cli_run(pg_url: str, mongodb_url: str, database: str) -> subprocess.Popen[bytes]:
+    """`recon-pipeline run` over the seeded window, as an operator or cron starts it."""
+    env = child_env(DATABASE_URL=pg_url, MONGODB_URL=mongodb_url, MONGODB_DATABASE=database)
+    return subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "recon-pipeline"), "run", "--start",
+         WINDOW_START.isoformat(), "--end", WINDOW_END.isoformat(), "--json"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def mapping_with(tmp_path: Path, replacements: dict[str, str] | None = None,
+                 **settings: Any) -> Path:
+    """The packaged mapping with some lines replaced (old text -> new text) and some
+    `settings:` set (by name), written into `tmp_path`."""
+    from recon_pipeline.local.environment import packaged_mapping_path
+
+    text = packaged_mapping_path().read_text()
+    for old, new in (replacements or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    if settings:
+        raw = yaml.safe_load(text)
+        raw["settings"] = {**(raw.get("settings") or {}), **settings}
+        text = yaml.safe_dump(raw, sort_keys=False)
+    path = tmp_path / "recon.yaml"
+    path.write_text(text)
+    return path

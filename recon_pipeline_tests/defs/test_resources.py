@@ -11,7 +11,7 @@ from pymongo.database import Database
 
 from recon_pipeline.defs import resources
 from recon_pipeline.model.mapping import ReconConfig
-from recon_pipeline_tests.dagster_support import WINDOW_END, WINDOW_START, execute_job, seed
+from recon_pipeline_tests.dagster_support import WINDOW_END, WINDOW_START, run_job, seed
 
 
 def test_an_in_process_run_creates_each_client_and_the_mapping_once(
@@ -44,7 +44,7 @@ def test_an_in_process_run_creates_each_client_and_the_mapping_once(
     monkeypatch.setattr(resources.MongoClient, "close",
                         closing("client", resources.MongoClient.close))
 
-    result = execute_job(pg_url, mongo_db, window_start=WINDOW_START, window_end=WINDOW_END)
+    result = run_job(pg_url, mongo_db, window_start=WINDOW_START, window_end=WINDOW_END)
 
     assert result.success
     # In process, resources are set up once for the run: the `postgres` resource and the

@@ -9,7 +9,7 @@ from pymongo.database import Database
 from recon_pipeline.local.embedded import free_port
 from recon_pipeline.stores import schema
 from recon_pipeline_tests.builders import email_row, insert, window
-from recon_pipeline_tests.dagster_support import execute_job, report_of
+from recon_pipeline_tests.dagster_support import report_of, run_job
 
 
 def test_run_is_partial_and_touches_nothing(pg_url: str, pg_engine: sa.Engine,
@@ -17,7 +17,7 @@ def test_run_is_partial_and_touches_nothing(pg_url: str, pg_engine: sa.Engine,
     insert(pg_engine, schema.incoming_emails, email_row(1, "C1"))
     down = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=300"
     span = window()
-    result = execute_job(pg_url, mongo_db, mongodb_url=down, window_start=span.start,
+    result = run_job(pg_url, mongo_db, mongodb_url=down, window_start=span.start,
                          window_end=span.end)
     assert result.success
     report = report_of(pg_engine, result)

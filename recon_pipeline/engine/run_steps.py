@@ -26,7 +26,6 @@ from recon_pipeline.model.masking import mask_text
 from recon_pipeline.stores import reports
 
 REPAIR_BATCH = 5000
-Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:

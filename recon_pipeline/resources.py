@@ -22,7 +22,7 @@ from recon_pipeline.environment import (
 )
 from recon_pipeline.stores import run_lock
 from recon_pipeline.stores.mongo import connect_database, create_client
-from recon_pipeline.stores.postgres import connect_engine
+from recon_pipeline.stores.postgres import connect_engine, is_disconnect, unavailable
 
 
 class PostgresResource(ConfigurableResource):  # type: ignore[misc]
@@ -35,9 +35,16 @@ class PostgresResource(ConfigurableResource):  # type: ignore[misc]
 
     @contextmanager
     def engine(self) -> Iterator[sa.Engine]:
-        engine = connect_engine(self.url())
+        """An engine for the block. PostgreSQL going away inside it (a restart, a crash)
+        fails the step with DatabaseUnavailable naming the server, not a driver error."""
+        url = self.url()
+        engine = connect_engine(url)
         try:
             yield engine
+        except sa.exc.DBAPIError as error:
+            if not is_disconnect(error):
+                raise
+            raise unavailable(url, error, lost=True) from None
         finally:
             engine.dispose()
 

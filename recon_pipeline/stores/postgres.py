@@ -37,11 +37,18 @@ def _session_options(url: str) -> str:
     return f"{given} {UTC_SESSION}" if given else UTC_SESSION
 
 
-def unavailable(url: str, error: BaseException) -> DatabaseUnavailable:
+def unavailable(url: str, error: BaseException, *, lost: bool = False) -> DatabaseUnavailable:
     reason = str(getattr(error, "orig", None) or error).strip().splitlines()
     detail = reason[0] if reason else type(error).__name__
+    what = "lost the connection to" if lost else "cannot connect to"
     return DatabaseUnavailable(
-        mask_text(f"cannot connect to PostgreSQL at {mask_url(url)}: {detail}", url_secrets(url)))
+        mask_text(f"{what} PostgreSQL at {mask_url(url)}: {detail}", url_secrets(url)))
+
+
+def is_disconnect(error: BaseException) -> bool:
+    """Whether `error` is the server going away (restart, crash, network), as SQLAlchemy
+    judges it, rather than a failing statement."""
+    return isinstance(error, sa.exc.DBAPIError) and bool(error.connection_invalidated)
 
 
 def connect_engine(url: str, *, pool_size: int = 5) -> sa.Engine:

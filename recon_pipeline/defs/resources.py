@@ -24,7 +24,7 @@ from recon_pipeline.local.environment import (
 from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import run_lock
 from recon_pipeline.stores.mongo import create_client
-from recon_pipeline.stores.postgres import connect_engine, load_mapping
+from recon_pipeline.stores.postgres import connect_engine, load_mapping, name_lost_server
 
 
 class PostgresResource(ConfigurableResource):  # type: ignore[misc]
@@ -38,9 +38,12 @@ class PostgresResource(ConfigurableResource):  # type: ignore[misc]
 
     @property
     def engine(self) -> sa.Engine:
-        """This step's engine: connected on first use, disposed when the step ends."""
+        """This step's engine: connected on first use, disposed when the step ends.
+        PostgreSQL going away under the step (a restart, a crash) fails it with
+        DatabaseUnavailable naming the server, not a driver error."""
         if self._engine is None:
-            self._engine = connect_engine(self.url())
+            url = self.url()
+            self._engine = name_lost_server(connect_engine(url), url)
         return self._engine
 
     @contextmanager

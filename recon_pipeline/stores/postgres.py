@@ -46,11 +46,25 @@ def _session_options(url: str) -> str:
     return f"{given} {UTC_SESSION}" if given else UTC_SESSION
 
 
-def unavailable(url: str, error: BaseException) -> DatabaseUnavailable:
+def unavailable(url: str, error: BaseException, *, lost: bool = False) -> DatabaseUnavailable:
     reason = str(getattr(error, "orig", None) or error).strip().splitlines()
     detail = reason[0] if reason else type(error).__name__
+    what = "lost the connection to" if lost else "cannot connect to"
     return DatabaseUnavailable(
-        mask_text(f"cannot connect to PostgreSQL at {mask_url(url)}: {detail}", url_secrets(url)))
+        mask_text(f"{what} PostgreSQL at {mask_url(url)}: {detail}", url_secrets(url)))
+
+
+def name_lost_server(engine: sa.Engine, url: str) -> sa.Engine:
+    """`engine`, whose errors from the server going away (a restart, a crash, the network;
+    SQLAlchemy judges it) become DatabaseUnavailable naming the (masked) server, wherever
+    the statement ran."""
+    def lost(context: sa.engine.ExceptionContext) -> None:
+        if context.is_disconnect:
+            raise unavailable(url, context.sqlalchemy_exception or context.original_exception,
+                              lost=True)
+
+    sa.event.listen(engine, "handle_error", lost)
+    return engine
 
 
 def connect_engine(url: str, *, pool_size: int = 5) -> sa.Engine:

@@ -94,16 +94,6 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def small_chunk_mapping(tmp_path: Path, chunk_size: int = 10) -> Path:
-    """The packaged mapping with tiny chunks, so a small data set fans out."""
-    from recon_pipeline.local.environment import packaged_mapping_path
-
-    path = tmp_path / "recon.yaml"
-    path.write_text(packaged_mapping_path().read_text().replace(
-        "chunk_size: 50000", f"chunk_size: {chunk_size}"))
-    return path
-
-
 
 def run_job(pg_url: str, mongo_db: Database[Any], *, mongodb_url: str | None = None,
             mapping_path: Path | None = None, **options: Any) -> ExecuteInProcessResult:

@@ -30,8 +30,8 @@ from recon_pipeline_tests.dagster_support import (
     SEED_NOW,
     WINDOW_END,
     WINDOW_START,
+    mapping_with,
     seed,
-    small_chunk_mapping,
     test_resources,
     write_dagster_home,
 )
@@ -169,7 +169,7 @@ def test_multiprocess_run_with_several_chunks_reports_the_same_counts(
     pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], config: ReconConfig,
     dagster_postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    mapping = small_chunk_mapping(tmp_path, chunk_size=10)
+    mapping = mapping_with(tmp_path, chunk_size=10)  # a small data set fans out
     run_config = recon_pipeline.run_config(window_start=WINDOW_START, window_end=WINDOW_END)
     seeded = seed(pg_engine, mongo_db, config, clients=12)
     job = defs.resolve_job_def("reconciliation_job")

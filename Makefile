@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/recon-pipeline demo
 
 dev: install
-	$(BIN)/python -m recon_pipeline.dev
+	$(BIN)/python -m recon_pipeline.local.dev
 
 bench: install
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

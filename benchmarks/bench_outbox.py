@@ -29,9 +29,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from benchmarks.servers import BenchServers, bench_servers
-from recon_pipeline.demo import row_payload
-from recon_pipeline.engine.mapping import EntityMapping, ReconConfig, load_mapping
-from recon_pipeline.engine.outbox import deliver_outbox
+from recon_pipeline.engine.outbox.deliver import deliver_outbox
 from recon_pipeline.engine.projection import (
     Presence,
     WriteOp,
@@ -40,9 +38,12 @@ from recon_pipeline.engine.projection import (
     upsert_ops,
     version_guard,
 )
-from recon_pipeline.environment import packaged_mapping_path
+from recon_pipeline.local.demo_data import row_payload
+from recon_pipeline.local.environment import packaged_mapping_path
+from recon_pipeline.model.mapping import EntityMapping, ReconConfig
 from recon_pipeline.stores import schema
 from recon_pipeline.stores.mongo import create_client
+from recon_pipeline.stores.postgres import load_mapping
 from recon_pipeline.stores.target import VERSION_FIELD
 
 ENTITY = "incoming_emails"

@@ -1,11 +1,13 @@
 """Reconcile benchmarks (SPEC 10), each ratio measured within one run on the same data:
 
-(a) reconcile throughput / raw throughput of just reading both sides
+(a) reconcile throughput (a whole `reconciliation_job` run, default settings) / raw
+    throughput of just reading both sides
 (b) peak RSS at the largest size / at the smallest, and the largest in MB
 (c) speed-up over checking row by row (one select and one find_one per row)
 (d) bulk repair / raw bulk_write of the same documents, and / one update_one per document
 
-The demo domain's `incoming_emails` entity (a document entity), full scan, one chunk.
+The demo domain's `incoming_emails` entity (a document entity), full scan. The step-level
+figures (access paths, repair) call the engine functions the ops call, on one chunk.
 Beside the ratios, the access paths: a sparse and a dense window read both ways (`$in`
 lookups, one sorted cursor per side), with the path the planner picks for each.
 """
@@ -28,10 +30,9 @@ import sqlalchemy as sa
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from benchmarks.servers import BenchServers, bench_servers
+from benchmarks.servers import BenchServers, bench_servers, run_job
 from recon_pipeline.engine.diff import judge
 from recon_pipeline.engine.extract import AccessPath, diff_chunk, plan_chunks
-from recon_pipeline.engine.mapping import ReconConfig, load_mapping
 from recon_pipeline.engine.projection import (
     Presence,
     nest,
@@ -39,18 +40,18 @@ from recon_pipeline.engine.projection import (
     row_version,
     upsert_ops,
 )
-from recon_pipeline.engine.reconcile import (
-    RunRequest,
+from recon_pipeline.engine.repair import GROUP_SIZE, repair_batch
+from recon_pipeline.engine.run_steps import (
+    RunScope,
     begin_run,
     decide_repairs,
-    run_reconciliation,
     safe_diff_chunk,
 )
-from recon_pipeline.engine.repair import GROUP_SIZE, repair_batch
 from recon_pipeline.engine.window import RunWindow
-from recon_pipeline.environment import packaged_mapping_path
+from recon_pipeline.local.environment import packaged_mapping_path
+from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores.mongo import create_client
-from recon_pipeline.stores.postgres import create_engine
+from recon_pipeline.stores.postgres import load_mapping
 from recon_pipeline.stores.source import stream_rows
 from recon_pipeline.stores.target import (
     VERSION_FIELD,
@@ -111,12 +112,11 @@ def raw_read_rate(engine: sa.Engine, client: MongoClient[Any], db_name: str,
     return count / (time.perf_counter() - started)
 
 
-def reconcile_rate(engine: sa.Engine, mongo_url: str, db_name: str,
-                   config: ReconConfig) -> tuple[float, dict[str, int]]:
+def reconcile_rate(pg_url: str, mongo_url: str, db_name: str) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
-    report = run_reconciliation(engine, mongo_url, db_name, config,
-                                RunRequest("bench", window()), clock=lambda: NOW)
-    return report.counts["records_checked"] / (time.perf_counter() - started), report.counts
+    report = run_job(pg_url, mongo_url, db_name, entities=[ENTITY], full_scan=True,
+                     window_start=window().start, window_end=window().end)
+    return report["records_checked"] / (time.perf_counter() - started), report
 
 
 def access_path_rates(engine: sa.Engine, db: Database[dict[str, Any]],
@@ -127,7 +127,7 @@ def access_path_rates(engine: sa.Engine, db: Database[dict[str, Any]],
     dropped afterwards so the other figures are measured as before."""
     collection = db[config.entity(ENTITY).target.collection]
     [index] = ensure_target_indexes(db, [config.entity(ENTITY)])
-    report_id = begin_run(engine, RunRequest("bench-access", window()), NOW)
+    report_id = begin_run(engine, RunScope("bench-access", window()), NOW)
     newest = NOW - timedelta(hours=1)  # the seed's updated_at: one row per second before it
     results = []
     try:
@@ -179,8 +179,7 @@ def repair_rates(engine: sa.Engine, client: MongoClient[Any], db_name: str,
     db = client[db_name]
     for start in range(0, len(keys), 1000):
         _corrupt(client, db_name, keys[start:start + 1000])
-    request = RunRequest("bench-repair", window())
-    report_id = begin_run(engine, request, NOW)
+    report_id = begin_run(engine, RunScope("bench-repair", window()), NOW)
     sparse = RunWindow(NOW - timedelta(days=400), NOW, full_scan=True)
     for chunk in plan_chunks(engine, config, sparse, [ENTITY]):
         safe_diff_chunk(engine, db, config, report_id, sparse, chunk, NOW)
@@ -224,8 +223,7 @@ def peak_rss_mb(servers: BenchServers, pg_url: str, db_name: str, rows: int) -> 
 
 
 def _rss_probe(pg_url: str, mongo_url: str, db_name: str, rows: int) -> None:
-    engine = create_engine(pg_url)
-    reconcile_rate(engine, mongo_url, db_name, _config(engine, rows))
+    reconcile_rate(pg_url, mongo_url, db_name)
     print(json.dumps({"peak_rss_mb": own_peak_rss_mb()}))
 
 
@@ -248,7 +246,7 @@ def measure(servers: BenchServers, rows: int) -> dict[str, Any]:
         seed(engine, client, db_name, rows)
         config = _config(engine, rows)
         raw = raw_read_rate(engine, client, db_name, config)
-        rate, counts = reconcile_rate(engine, servers.mongodb_url, db_name, config)
+        rate, counts = reconcile_rate(pg_url, servers.mongodb_url, db_name)
         assert counts["records_checked"] == rows and counts["mismatches_found"] == 0, counts
         access = access_path_rates(engine, client[db_name], config)
         rss = peak_rss_mb(servers, pg_url, db_name, rows)

@@ -1,4 +1,5 @@
-"""Servers for a benchmark run: embedded ones in a temporary folder, or the URLs given."""
+"""Servers for a benchmark run (embedded ones in a temporary folder, or the URLs given), and
+a whole run through `reconciliation_job`: the path every user run takes, default settings."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
-from recon_pipeline import embedded
-from recon_pipeline.environment import normalize_postgres_url
+from recon_pipeline.local import embedded
+from recon_pipeline.local.environment import normalize_postgres_url
 from recon_pipeline.stores.postgres import create_engine
 from recon_pipeline.stores.schema import init_schema
 
@@ -65,3 +68,39 @@ def bench_servers() -> Iterator[BenchServers]:
         finally:
             for server in started:
                 embedded.stop_server(server)
+
+
+def run_job(pg_url: str, mongo_url: str, db_name: str, **options: Any) -> dict[str, Any]:
+    """One in-process run of `reconciliation_job` with the packaged mapping (default
+    settings) and `recon_pipeline.run_config(**options)`; the report row it wrote."""
+    from dagster import DagsterInstance
+
+    import recon_pipeline
+    from recon_pipeline.cli.runner import QUIET_LOGGERS, reconciliation_job_def
+    from recon_pipeline.defs.partitions import partition_covering
+    from recon_pipeline.defs.resources import (
+        MappingResource,
+        MongoResource,
+        PostgresResource,
+        reconciliation_resources,
+    )
+    from recon_pipeline.stores import reports
+
+    now = datetime.now(UTC)
+    end = options.get("window_end")
+    resources = reconciliation_resources(
+        PostgresResource(database_url=pg_url),
+        MongoResource(mongodb_url=mongo_url, database=db_name), MappingResource())
+    with DagsterInstance.ephemeral() as instance:
+        result = reconciliation_job_def().execute_in_process(
+            run_config={**recon_pipeline.run_config(**options), **QUIET_LOGGERS},
+            instance=instance, resources=resources,
+            partition_key=partition_covering(end if isinstance(end, datetime) else now, now))
+    assert result.success
+    [event] = result.get_asset_materialization_events()
+    report_id = int(event.materialization.metadata["report_id"].value)  # type: ignore[arg-type]
+    engine = create_engine(pg_url)
+    try:
+        return reports.read_report(engine, report_id)
+    finally:
+        engine.dispose()

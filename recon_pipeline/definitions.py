@@ -2,10 +2,10 @@
 
 from dagster import Definitions
 
-from recon_pipeline.assets import reconciliation_report
-from recon_pipeline.jobs import reconciliation_job
-from recon_pipeline.resources import default_resources
-from recon_pipeline.schedules import reconciliation_full_daily, reconciliation_hourly
+from recon_pipeline.defs.assets import reconciliation_report
+from recon_pipeline.defs.jobs import reconciliation_job
+from recon_pipeline.defs.resources import default_resources
+from recon_pipeline.defs.schedules import reconciliation_full_daily, reconciliation_hourly
 
 defs = Definitions(
     assets=[reconciliation_report],

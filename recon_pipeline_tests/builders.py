@@ -3,18 +3,19 @@ consistent MongoDB copies written through the one projection."""
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from pymongo.database import Database
 
-from recon_pipeline.engine.mapping import ReconConfig
 from recon_pipeline.engine.projection import Presence, upsert_ops
-from recon_pipeline.engine.reconcile import RunRequest, run_reconciliation
 from recon_pipeline.engine.report import RunReport
 from recon_pipeline.engine.window import RunWindow
+from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import schema
 
 T0 = datetime(2026, 3, 1, 10, 0, 0, 123456, tzinfo=UTC)
@@ -59,14 +60,22 @@ def window(start: datetime = T0 - timedelta(hours=1), end: datetime = T0 + timed
     return RunWindow(start, end, full_scan)
 
 
-def run(engine: sa.Engine, db: Database, config: ReconConfig, run_window: RunWindow | None = None,
-        **request: Any) -> RunReport:
-    from recon_pipeline_tests.conftest import mongo_url_of
+def run(engine: sa.Engine, db: Database, run_window: RunWindow | None = None, *,
+        settings: dict[str, Any] | None = None, entities: tuple[str, ...] | None = None,
+        dry_run: bool = False) -> RunReport:
+    """A whole run through `reconciliation_job` over an explicit window, with the packaged
+    mapping and `settings` replaced in it; fails the test when the run fails."""
+    from recon_pipeline_tests.dagster_support import mapping_with, report_of, run_job
 
-    return run_reconciliation(
-        engine, mongo_url_of(db), db.name, config,
-        RunRequest(run_id="test-run", window=run_window or window(), **request),
-        clock=lambda: T0 + timedelta(hours=2))
+    chosen = run_window or window()
+    with tempfile.TemporaryDirectory() as directory:
+        result = run_job(
+            engine.url.render_as_string(hide_password=False), db,
+            mapping_path=mapping_with(Path(directory), **(settings or {})),
+            window_start=chosen.start, window_end=chosen.end, full_scan=chosen.full_scan,
+            entities=entities, dry_run=dry_run)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return report_of(engine, result)
 
 
 def mismatch_rows(engine: sa.Engine, report_id: int) -> list[tuple[str, str, str, str]]:

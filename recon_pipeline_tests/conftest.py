@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from psycopg import sql
 from pymongo.database import Database
 
-from recon_pipeline import embedded
-from recon_pipeline.engine.mapping import ReconConfig, load_mapping
-from recon_pipeline.environment import normalize_postgres_url, packaged_mapping_path
+from recon_pipeline.local import embedded
+from recon_pipeline.local.environment import normalize_postgres_url, packaged_mapping_path
+from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores.mongo import create_client
-from recon_pipeline.stores.postgres import create_engine
+from recon_pipeline.stores.postgres import create_engine, load_mapping
 from recon_pipeline.stores.schema import init_schema
 
 POSTGRES_FIXTURES = {"pg_url", "pg_engine", "fresh_database", "schema_template",

@@ -12,17 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import yaml
 from dagster import DagsterInstance, ExecuteInProcessResult
 from pymongo.database import Database
 
-from recon_pipeline.demo import SeedSummary, seed_demo
-from recon_pipeline.engine.mapping import ReconConfig
-from recon_pipeline.resources import (
+import recon_pipeline
+from recon_pipeline.defs.resources import (
     MappingResource,
     MongoResource,
     PostgresResource,
     reconciliation_resources,
 )
+from recon_pipeline.engine.report import RunReport
+from recon_pipeline.local.demo_data import SeedSummary, seed_demo
+from recon_pipeline.model.mapping import ReconConfig
+from recon_pipeline.stores import reports
 from recon_pipeline_tests.conftest import mongo_url_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,25 +94,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def small_chunk_mapping(tmp_path: Path, chunk_size: int = 10) -> Path:
-    """The packaged mapping with tiny chunks, so a small data set fans out."""
-    from recon_pipeline.environment import packaged_mapping_path
-
-    path = tmp_path / "recon.yaml"
-    path.write_text(packaged_mapping_path().read_text().replace(
-        "chunk_size: 50000", f"chunk_size: {chunk_size}"))
-    return path
-
-
 
 def run_job(pg_url: str, mongo_db: Database[Any], *, mongodb_url: str | None = None,
             mapping_path: Path | None = None, **options: Any) -> ExecuteInProcessResult:
     """One whole in-process run of `reconciliation_job` against the test servers, over
     the seeded window unless options say otherwise; never raises on a failed step."""
-    import recon_pipeline
+    from recon_pipeline.cli.runner import QUIET_LOGGERS
     from recon_pipeline.definitions import defs
-    from recon_pipeline.partitions import last_complete_hour
-    from recon_pipeline.runner import QUIET_LOGGERS
+    from recon_pipeline.defs.partitions import last_complete_hour
 
     options.setdefault("window_start", WINDOW_START)
     options.setdefault("window_end", WINDOW_END)
@@ -119,6 +112,13 @@ def run_job(pg_url: str, mongo_db: Database[Any], *, mongodb_url: str | None = N
             instance=instance, partition_key=last_complete_hour(SEED_NOW),
             resources=test_resources(pg_url, mongo_db, mapping_path, mongodb_url),
             raise_on_error=False)
+
+
+def report_of(engine: sa.Engine, result: ExecuteInProcessResult) -> RunReport:
+    """The report row the run wrote (its materialization names it)."""
+    [event] = result.get_asset_materialization_events()
+    report_id = event.materialization.metadata["report_id"].value
+    return RunReport.from_row(reports.read_report(engine, int(report_id)))  # type: ignore[arg-type]
 
 
 def step_errors(result: ExecuteInProcessResult) -> list[str]:
@@ -145,14 +145,20 @@ def start_cli_run(pg_url: str, mongodb_url: str, database: str) -> subprocess.Po
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def mapping_with(tmp_path: Path, replacements: dict[str, str]) -> Path:
-    """The packaged mapping with some settings lines replaced (old text -> new text)."""
-    from recon_pipeline.environment import packaged_mapping_path
+def mapping_with(tmp_path: Path, replacements: dict[str, str] | None = None,
+                 **settings: Any) -> Path:
+    """The packaged mapping with some lines replaced (old text -> new text) and some
+    `settings:` set (by name), written into `tmp_path`."""
+    from recon_pipeline.local.environment import packaged_mapping_path
 
     text = packaged_mapping_path().read_text()
-    for old, new in replacements.items():
+    for old, new in (replacements or {}).items():
         assert old in text, old
         text = text.replace(old, new)
+    if settings:
+        raw = yaml.safe_load(text)
+        raw["settings"] = {**(raw.get("settings") or {}), **settings}
+        text = yaml.safe_dump(raw, sort_keys=False)
     path = tmp_path / "recon.yaml"
     path.write_text(text)
     return path

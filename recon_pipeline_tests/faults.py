@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from pymongo.database import Database
 
-from recon_pipeline import embedded
+from recon_pipeline.local import embedded
 from recon_pipeline.stores.mongo import create_client
 from recon_pipeline_tests.conftest import ServerUrls
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from bson.decimal128 import Decimal128
 from pymongo.database import Database
 
-from recon_pipeline.demo import SeedSummary
+from recon_pipeline.local.demo_data import SeedSummary
 
 
 def instant(value: Any) -> Any:

@@ -27,8 +27,8 @@ import sqlalchemy as sa
 from bson.decimal128 import Decimal128
 from pymongo.database import Database
 
-from recon_pipeline.demo import row_payload
-from recon_pipeline.engine.mapping import ReconConfig
+from recon_pipeline.local.demo_data import row_payload
+from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import reports
 from recon_pipeline.stores.mongo import create_client
 from recon_pipeline_tests.conftest import mongo_url_of

@@ -1,6 +1,7 @@
 """End to end: `dagster dev` on a PostgreSQL-backed instance; a run launched through
-GraphQL, its materialization metadata and check results read back through GraphQL; a
-backfill of 6 partitions alongside another run, never more than one run in progress."""
+Dagster's GraphQL client, its materialization metadata and check results read back
+through GraphQL; a backfill of 6 partitions alongside another run, never more than one
+run in progress."""
 
 import os
 import signal
@@ -17,9 +18,9 @@ import sqlalchemy as sa
 from pymongo.database import Database
 
 import recon_pipeline
-from recon_pipeline import embedded
-from recon_pipeline.engine.mapping import ReconConfig
-from recon_pipeline.partitions import last_complete_hour
+from recon_pipeline.defs.partitions import last_complete_hour
+from recon_pipeline.local import embedded
+from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import reports
 from recon_pipeline_tests.conftest import mongo_url_of
 from recon_pipeline_tests.dagster_support import (
@@ -35,7 +36,6 @@ from recon_pipeline_tests.graphql_client import (
     BACKFILL,
     BACKFILL_STATUS,
     CHECK,
-    LAUNCH,
     MATERIALIZATIONS,
     RUNS,
     TERMINAL,
@@ -46,8 +46,6 @@ from recon_pipeline_tests.graphql_client import (
 
 pytestmark = pytest.mark.e2e
 KEY = {"path": ["reconciliation_report"]}
-SELECTOR = {"repositoryLocationName": "recon_pipeline", "repositoryName": "__repository__",
-            "jobName": "reconciliation_job"}
 # One process per run keeps the test fast; the multiprocess executor has its own test.
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
@@ -93,11 +91,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def launch(gql: GraphQL, partition: str, run_config: dict[str, Any]) -> str:
-    result = gql(LAUNCH, {"p": {"selector": SELECTOR, "runConfigData": run_config,
-                                "executionMetadata": {"tags": [
-                                    {"key": "dagster/partition", "value": partition}]}}})
-    assert result["launchRun"]["__typename"] == "LaunchRunSuccess", result
-    return str(result["launchRun"]["run"]["runId"])
+    return gql.launch("reconciliation_job", partition, run_config)
 
 
 def wait_success(gql: GraphQL, run_id: str) -> None:

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from dagster import ExecuteInProcessResult
 from pymongo.database import Database
 
-from recon_pipeline.demo import row_payload
-from recon_pipeline.engine.mapping import ReconConfig
+from recon_pipeline.local.demo_data import row_payload
+from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import reports
 from recon_pipeline_tests import faults
 from recon_pipeline_tests.conftest import ServerUrls

@@ -24,13 +24,14 @@ from dagster import DagsterInstance, ExecuteInProcessResult
 from pymongo.database import Database
 
 import recon_pipeline
-from recon_pipeline.cli import main
+from recon_pipeline.cli.main import main
 from recon_pipeline.definitions import defs
-from recon_pipeline.engine.diff import order_key
 from recon_pipeline.engine.extract import AccessPath, plan_entity
-from recon_pipeline.engine.mapping import MappingError, load_mapping
 from recon_pipeline.engine.window import RunWindow
+from recon_pipeline.model.mapping import MappingError
+from recon_pipeline.model.normalize import order_key
 from recon_pipeline.stores import reports, schema
+from recon_pipeline.stores.postgres import load_mapping
 from recon_pipeline.stores.target import ensure_target_indexes
 from recon_pipeline_tests.conftest import ServerUrls
 from recon_pipeline_tests.dagster_support import (

@@ -19,8 +19,8 @@ import pytest
 import sqlalchemy as sa
 from pymongo.database import Database
 
-from recon_pipeline import embedded
-from recon_pipeline.environment import packaged_mapping_path
+from recon_pipeline.local import embedded
+from recon_pipeline.local.environment import packaged_mapping_path
 from recon_pipeline.stores.mongo import create_client
 from recon_pipeline.stores.postgres import create_engine
 from recon_pipeline.stores.schema import REPORT_COUNTS
@@ -48,7 +48,7 @@ Image = tuple[dict[str, Any], dict[str, Any]]
 def uninterrupted(servers: ServerUrls, schema_template: str) -> Image:
     """Both databases after one uninterrupted run over the same seed, in databases of
     their own."""
-    from recon_pipeline.engine.mapping import load_mapping
+    from recon_pipeline.stores.postgres import load_mapping
 
     name = f"recon_ref_{os.getpid()}"
     embedded.ensure_database(servers.postgres_admin_url, name, template=schema_template)
@@ -136,7 +136,7 @@ def test_sigkill_leaves_the_report_failed_and_a_rerun_converges_to_the_uninterru
     point: str, servers: ServerUrls, pg_url: str, pg_engine: sa.Engine,
     mongo_db: Database[Any], uninterrupted: Image,
 ) -> None:
-    from recon_pipeline.engine.mapping import load_mapping
+    from recon_pipeline.stores.postgres import load_mapping
 
     seeded = seed(pg_engine, mongo_db, load_mapping(packaged_mapping_path(), pg_engine))
     url = faults.job_mongodb_url(mongo_url_of(mongo_db), APP)

@@ -22,10 +22,10 @@ from pymongo.database import Database
 
 import recon_pipeline
 from recon_pipeline.definitions import defs
-from recon_pipeline.engine.mapping import MappingError, load_mapping
-from recon_pipeline.partitions import last_complete_hour
+from recon_pipeline.defs.partitions import last_complete_hour
+from recon_pipeline.model.mapping import MappingError
 from recon_pipeline.stores import reports
-from recon_pipeline.stores.postgres import create_engine
+from recon_pipeline.stores.postgres import create_engine, load_mapping
 from recon_pipeline_tests.dagster_support import SEED_NOW, test_resources
 
 PARTITION = last_complete_hour(SEED_NOW)

@@ -17,9 +17,9 @@ from pymongo.database import Database
 
 import recon_pipeline
 from recon_pipeline.definitions import defs
-from recon_pipeline.embedded import free_port
-from recon_pipeline.engine.mapping import ReconConfig
-from recon_pipeline.environment import packaged_mapping_path
+from recon_pipeline.local.embedded import free_port
+from recon_pipeline.local.environment import packaged_mapping_path
+from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import schema
 from recon_pipeline.stores.mongo import create_client
 from recon_pipeline_tests import faults
@@ -31,8 +31,8 @@ from recon_pipeline_tests.dagster_support import (
     seed,
     test_resources,
 )
+from recon_pipeline_tests.defs.test_assets import PARTITION, latest_report
 from recon_pipeline_tests.engine.test_outbox import email, email_doc, insert, upsert_email
-from recon_pipeline_tests.test_assets import PARTITION, latest_report
 
 Db = Database[dict[str, Any]]
 APP = "recon-run-under-test"

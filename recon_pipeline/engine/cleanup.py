@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from recon_pipeline.engine.mapping import Settings
+from recon_pipeline.model.mapping import Settings
 from recon_pipeline.stores.retention import delete_in_batches
 from recon_pipeline.stores.schema import (
     idempotency_keys,

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 from bson.decimal128 import Decimal128
 from bson.objectid import ObjectId
 
-from recon_pipeline.engine.mapping import EntityMapping
-from recon_pipeline.engine.normalize import MISSING, values_equal
+from recon_pipeline.model.mapping import EntityMapping
+from recon_pipeline.model.normalize import MISSING, order_key, values_equal
 
 
 class MismatchKind(enum.StrEnum):
@@ -100,34 +100,6 @@ def judge(entity: EntityMapping, row: Mapping[str, Any] | None,
 
 
 # --- merge-join ---------------------------------------------------------------------------
-
-_TYPE_RANK = {type(None): 0, float: 1, Decimal: 1, str: 2, dict: 3, list: 4, bool: 8,
-              dt.datetime: 9}
-
-
-def order_key(value: Any) -> tuple[Any, ...]:
-    """MongoDB's cross-type sort order (numbers before strings before BSON binary before
-    ObjectId, ...), so keys of mixed types in a collection merge in the order the server
-    returns them. A UUID sorts as its canonical string: the target is read so that both of
-    its forms arrive in that order (stores/target.py)."""
-    value_type = type(value)
-    if value_type is str:
-        return (2, value)
-    if value_type is tuple:
-        return tuple(order_key(v) for v in value)
-    if isinstance(value, int) and value_type is not bool:  # Int64 too
-        return (1, int(value))
-    if value_type is uuid.UUID:
-        return (2, str(value))
-    if value_type is ObjectId:
-        return (7, value.binary)
-    if isinstance(value, Decimal128):
-        return (1, value.to_decimal())
-    if isinstance(value, bytes):  # bson Binary: length, subtype, then bytes
-        return (5, len(value), getattr(value, "subtype", 0), bytes(value))
-    rank = _TYPE_RANK.get(value_type, 6)
-    return (rank, value if rank in (1, 2, 9) else repr(value))
-
 
 def merge_key(entity: EntityMapping, key: Any, parent: Any) -> Any:
     return (parent, key) if entity.target.embedded else key

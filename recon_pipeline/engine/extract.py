@@ -26,12 +26,11 @@ from recon_pipeline.engine.diff import (
     judge,
     merge_join,
     merge_key,
-    order_key,
 )
-from recon_pipeline.engine.mapping import EntityMapping, ReconConfig
-from recon_pipeline.engine.normalize import is_key
 from recon_pipeline.engine.prefetch import prefetched
 from recon_pipeline.engine.window import RunWindow
+from recon_pipeline.model.mapping import EntityMapping, ReconConfig
+from recon_pipeline.model.normalize import is_key, order_key
 from recon_pipeline.stores import reports
 from recon_pipeline.stores.source import chunk_bounds, count_rows, existing_merge_keys, stream_rows
 from recon_pipeline.stores.target import (

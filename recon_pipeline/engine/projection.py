@@ -17,8 +17,8 @@ from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 
-from recon_pipeline.engine.mapping import EntityMapping
-from recon_pipeline.engine.normalize import (
+from recon_pipeline.model.mapping import EntityMapping
+from recon_pipeline.model.normalize import (
     ValueCoercionError,
     ValueKind,
     key_forms,

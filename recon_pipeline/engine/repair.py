@@ -21,12 +21,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
 from recon_pipeline.engine.extract import STRAY_KEY
-from recon_pipeline.engine.mapping import EntityMapping, ReconConfig, Settings
-from recon_pipeline.engine.normalize import ValueCoercionError, coerce_source_value, key_of
 from recon_pipeline.engine.projection import (
     WriteOp,
     delete_ops,
@@ -36,19 +34,21 @@ from recon_pipeline.engine.projection import (
     upsert_ops,
     version_bump_ops,
 )
-from recon_pipeline.masking import mask_text
+from recon_pipeline.model.mapping import EntityMapping, ReconConfig, Settings
+from recon_pipeline.model.masking import mask_text
+from recon_pipeline.model.normalize import ValueCoercionError, coerce_source_value, key_of
 from recon_pipeline.stores import reports
-from recon_pipeline.stores.mongo import mongo_error_text, write_concern_failure
+from recon_pipeline.stores.mongo import mongo_error_text
 from recon_pipeline.stores.reports import MismatchRow
-from recon_pipeline.stores.source import fetch_rows, mark_sync
+from recon_pipeline.stores.source import fetch_rows
 from recon_pipeline.stores.target import (
     KeyForms,
     KeyLayouts,
     TargetRecord,
     TargetSnapshot,
     fetch_targets,
-    write_best_effort,
 )
+from recon_pipeline.stores.target_write import DUPLICATE_KEY, bulk_write_ops, write_best_effort
 
 Outcome = tuple[int, str, str | None]  # (mismatch id, repair_status, repair_error)
 
@@ -168,20 +168,15 @@ def _write(db: Database[dict[str, Any]], entity: EntityMapping, plan: _Plan) -> 
     error fails every write of the plan: a fix not durable as asked is not verified."""
     if not plan.ops:
         return {}
-    try:
-        db[entity.target.collection].bulk_write(plan.ops, ordered=False)
-    except BulkWriteError as error:
-        failures: dict[int, str] = {}
-        for write_error in error.details.get("writeErrors", []):
-            if write_error.get("code") != 11000:
-                failures[plan.op_owner[write_error["index"]]] = mask_text(
-                    str(write_error.get("errmsg", "write failed")))
-        concern = write_concern_failure(error.details)
-        if concern:
-            for owner in plan.op_owner:
-                failures.setdefault(owner, mask_text(concern))
-        return failures
-    return {}
+    outcome = bulk_write_ops(db, entity, plan.ops)
+    failures: dict[int, str] = {}
+    for index, error in outcome.errors.items():
+        if error.code != DUPLICATE_KEY:
+            failures[plan.op_owner[index]] = mask_text(error.message or "write failed")
+    if outcome.write_concern_error:
+        for owner in plan.op_owner:
+            failures.setdefault(owner, mask_text(outcome.write_concern_error))
+    return failures
 
 
 def _verify(entity: EntityMapping, plan: _Plan, after: TargetSnapshot,
@@ -283,13 +278,11 @@ _Bumps = tuple[EntityMapping, list[WriteOp]]
 
 def _record(engine: sa.Engine, entity: EntityMapping, outcomes: list[Outcome],
             repaired: list[Any], now: datetime) -> _Bumps:
-    """The group's outcomes and, where tracked, the sync status of what it repaired, in
-    one transaction. Returns the writes that give MongoDB the versions the marks bumped,
-    to be made once committed (a version the source may still roll back must not reach
-    MongoDB: its guard would then refuse every repair of the row)."""
-    with engine.begin() as conn:
-        reports.set_repair_outcomes(conn, outcomes)
-        bumped = mark_sync(conn, entity, repaired, status="synced", at=now, error=None)
+    """The group's outcomes and sync marks (one transaction, stores/reports.py), and the
+    writes that give MongoDB the versions the marks bumped, to be made once committed (a
+    version the source may still roll back must not reach MongoDB: its guard would then
+    refuse every repair of the row)."""
+    bumped = reports.record_repair_outcomes(engine, entity, outcomes, repaired, now)
     return entity, version_bump_ops(entity, bumped)
 
 

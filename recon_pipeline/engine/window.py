@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from recon_pipeline.engine.mapping import Settings
+from recon_pipeline.model.mapping import Settings
 
 
 @dataclass(frozen=True, slots=True)

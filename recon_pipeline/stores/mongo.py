@@ -9,7 +9,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from recon_pipeline.masking import mask_text, mask_url, url_secrets
+from recon_pipeline.model.masking import mask_text, mask_url, url_secrets
 
 Document = dict[str, Any]
 SERVER_SELECTION_TIMEOUT_MS = 5000
@@ -55,3 +55,12 @@ def write_concern_failure(details: Mapping[str, Any]) -> str | None:
     if not concern:
         return None
     return f"MongoDB write concern error: {concern[0].get('errmsg', concern[0])}"
+
+
+def reachable(db: Database[Document]) -> bool:
+    """Whether the server answers a ping (within the client's server selection timeout)."""
+    try:
+        db.client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False

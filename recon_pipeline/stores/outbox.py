@@ -68,6 +68,42 @@ def _claim_query(now: datetime, limit: int) -> sa.Select[Any]:
             .with_for_update(skip_locked=True))
 
 
+@dataclass(slots=True)
+class ClaimedBatch:
+    """Due messages locked by a transaction that stays open on `conn` until `close`: the
+    outcomes are recorded on `conn`, and committed with the claim or not at all."""
+
+    conn: sa.Connection
+    messages: tuple[OutboxMessage, ...]
+
+    def close(self, *, commit: bool) -> None:
+        if self.conn.closed:
+            return
+        try:
+            if commit:
+                self.conn.commit()
+            else:
+                self.conn.rollback()
+        finally:
+            self.conn.close()
+
+
+def claim_batch(engine: sa.Engine, now: datetime, limit: int) -> ClaimedBatch | None:
+    """Claim up to `limit` due messages in a new transaction; None when none is due."""
+    conn = engine.connect()
+    try:
+        conn.begin()
+        messages = claim_due_messages(conn, now, limit)
+    except BaseException:
+        conn.close()
+        raise
+    if not messages:
+        conn.rollback()
+        conn.close()
+        return None
+    return ClaimedBatch(conn, messages)
+
+
 def claim_due_messages(conn: sa.Connection, now: datetime,
                        limit: int) -> tuple[OutboxMessage, ...]:
     """Lock up to `limit` due messages in id order, for as long as `conn`'s transaction

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import sqlalchemy as sa
 
-from recon_pipeline.masking import mask_text, mask_url, url_secrets
+from recon_pipeline.model.mapping import (
+    MappingError,
+    ReconConfig,
+    TableCatalog,
+    bind_mapping,
+    mapped_tables,
+    read_mapping_file,
+)
+from recon_pipeline.model.masking import mask_text, mask_url, url_secrets
 
 CONNECT_TIMEOUT_SECONDS = 10
 # Values of `timestamp without time zone` columns are UTC (SPEC 6, "Window"), and so must
@@ -45,10 +54,17 @@ def unavailable(url: str, error: BaseException, *, lost: bool = False) -> Databa
         mask_text(f"{what} PostgreSQL at {mask_url(url)}: {detail}", url_secrets(url)))
 
 
-def is_disconnect(error: BaseException) -> bool:
-    """Whether `error` is the server going away (restart, crash, network), as SQLAlchemy
-    judges it, rather than a failing statement."""
-    return isinstance(error, sa.exc.DBAPIError) and bool(error.connection_invalidated)
+def name_lost_server(engine: sa.Engine, url: str) -> sa.Engine:
+    """`engine`, whose errors from the server going away (a restart, a crash, the network;
+    SQLAlchemy judges it) become DatabaseUnavailable naming the (masked) server, wherever
+    the statement ran."""
+    def lost(context: sa.engine.ExceptionContext) -> None:
+        if context.is_disconnect:
+            raise unavailable(url, context.sqlalchemy_exception or context.original_exception,
+                              lost=True)
+
+    sa.event.listen(engine, "handle_error", lost)
+    return engine
 
 
 def connect_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
@@ -61,9 +77,6 @@ def connect_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
         engine.dispose()
         raise unavailable(url, error) from None
     return engine
-
-
-TableCatalog = dict[str, dict[str, sa.types.TypeEngine[object]]]
 
 
 def reflect_catalog(engine: sa.Engine, tables: Iterable[str]) -> TableCatalog:
@@ -89,3 +102,12 @@ def advisory_lock(engine: sa.Engine, name: str) -> Iterator[bool]:
             if got:
                 conn.execute(sa.text("select pg_advisory_unlock(hashtext(:n))"), {"n": name})
                 conn.commit()
+
+
+def load_mapping(path: Path, engine: sa.Engine) -> ReconConfig:
+    """Read `path` and bind it to the schema behind `engine` (a SQLAlchemy Engine)."""
+    raw = read_mapping_file(path)
+    try:
+        return bind_mapping(raw, reflect_catalog(engine, mapped_tables(raw)))
+    except MappingError as error:
+        raise MappingError(f"mapping file {path}: {error}") from None

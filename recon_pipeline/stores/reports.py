@@ -9,8 +9,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from recon_pipeline.model.mapping import EntityMapping
 from recon_pipeline.stores.schema import reconciliation_mismatches as mismatches_table
 from recon_pipeline.stores.schema import reconciliation_reports as reports_table
+from recon_pipeline.stores.source import Row, mark_sync
 
 INSERT_BATCH = 1000
 
@@ -142,6 +144,17 @@ def set_repair_outcomes(conn: sa.Connection,
                  .values(repair_status=sa.bindparam("status"),
                          repair_error=sa.bindparam("error")))
     conn.execute(statement, [{"mid": i, "status": s, "error": e} for i, s, e in outcomes])
+
+
+def record_repair_outcomes(engine: sa.Engine, entity: EntityMapping,
+                           outcomes: Sequence[tuple[int, str, str | None]],
+                           repaired: Sequence[Any], now: datetime) -> list[Row]:
+    """A repair group's outcomes and, where tracked, the sync status of the rows it
+    repaired, in one transaction; returns the rows whose version the marks bumped
+    (`mark_sync`)."""
+    with engine.begin() as conn:
+        set_repair_outcomes(conn, outcomes)
+        return mark_sync(conn, entity, repaired, status="synced", at=now, error=None)
 
 
 def repair_stop(engine: sa.Engine, report_id: int) -> dict[str, Any] | None:

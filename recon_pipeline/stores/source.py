@@ -15,8 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recon_pipeline.engine.mapping import EntityMapping
-from recon_pipeline.engine.normalize import ValueKind, is_key, key_of
+from recon_pipeline.model.mapping import EntityMapping
+from recon_pipeline.model.normalize import ValueKind, is_key, key_of
 
 Row = dict[str, Any]
 RowView = sa.RowMapping

@@ -17,11 +17,10 @@ from operator import itemgetter
 from typing import Any
 
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from recon_pipeline.engine.diff import order_key
-from recon_pipeline.engine.mapping import EntityMapping
-from recon_pipeline.engine.normalize import MISSING, ValueKind, key_forms, key_of
+from recon_pipeline.model.mapping import EntityMapping
+from recon_pipeline.model.normalize import MISSING, ValueKind, key_forms, key_of, order_key
 
 VERSION_FIELD = "_recon_version"
 IN_BATCH = 50  # secantusdb: 100k docs, $in of 25/50/100 ids read 10.6k/9.8k/6.3k docs/s
@@ -387,15 +386,3 @@ def _create_key_index(db: Database[Document], entity: EntityMapping) -> str:
             f"mapping entity '{entity.name}': {key_index_name(entity)} has an index that is "
             f"not unique; drop it so that db init can create a unique one") from None
     return f"{entity.target.collection}.{name}"
-
-
-def write_best_effort(db: Database[Document], collection: str, ops: Sequence[Any]) -> None:
-    """An unordered bulk write whose failures are not reported: for writes that a later run
-    makes anyway when they fail (a refused guard is a duplicate key or no match; any other
-    error leaves the target a version behind, which the next run finds and repairs)."""
-    if not ops:
-        return
-    try:
-        db[collection].bulk_write(list(ops), ordered=False)
-    except PyMongoError:
-        return

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from recon_pipeline.engine.cleanup import CleanupResult, clean_up
-from recon_pipeline.engine.mapping import CleanupSettings, Settings
+from recon_pipeline.model.mapping import CleanupSettings, Settings
 from recon_pipeline.stores import schema
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -96,8 +96,6 @@ def test_dead_messages_are_kept_however_old(pg_engine: sa.Engine) -> None:
     assert len(remaining(pg_engine, schema.outbox_messages.c.id)) == 3
 
 
-def test_cleanup_refuses_a_batch_size_below_one(pg_engine: sa.Engine) -> None:
-    settings = replace(Settings(), cleanup=CleanupSettings(batch_size=0))
-
-    with pytest.raises(ValueError, match="cleanup batch size must be at least 1, got 0"):
-        clean_up(pg_engine, settings, now=NOW)
+def test_cleanup_settings_refuse_a_batch_size_below_one() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        CleanupSettings(batch_size=0)

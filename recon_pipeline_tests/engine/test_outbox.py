@@ -22,11 +22,11 @@ import sqlalchemy as sa
 from bson.decimal128 import Decimal128
 from pymongo.database import Database
 
-from recon_pipeline.demo import row_payload
-from recon_pipeline.embedded import ensure_database, free_port, wait_until
-from recon_pipeline.engine.mapping import ReconConfig
-from recon_pipeline.engine.outbox import OutboxResult, backoff_seconds, deliver_outbox
-from recon_pipeline.engine.outbox_plan import InvalidPayload, plan_delivery
+from recon_pipeline.engine.outbox.deliver import OutboxResult, backoff_seconds, deliver_outbox
+from recon_pipeline.engine.outbox.plan import InvalidPayload, plan_delivery
+from recon_pipeline.local.demo_data import row_payload
+from recon_pipeline.local.embedded import ensure_database, free_port, wait_until
+from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import schema
 from recon_pipeline.stores.mongo import create_client
 from recon_pipeline.stores.outbox import OutboxMessage
@@ -547,7 +547,7 @@ def test_backoff_doubles_to_the_cap_then_dead_letters(servers: ServerUrls, pg_en
 
 
 def test_backoff_formula() -> None:
-    from recon_pipeline.engine.mapping import OutboxSettings
+    from recon_pipeline.model.mapping import OutboxSettings
 
     settings = OutboxSettings(backoff_base_seconds=60, backoff_max_seconds=3600)
     assert [backoff_seconds(n, settings) for n in (1, 2, 3, 7, 8, 500)] == \
@@ -617,9 +617,9 @@ WORKER = """
 import json, sys
 from dataclasses import replace
 from datetime import datetime
-from recon_pipeline.engine.mapping import load_mapping
-from recon_pipeline.engine.outbox import deliver_outbox
-from recon_pipeline.environment import packaged_mapping_path
+from recon_pipeline.stores.postgres import load_mapping
+from recon_pipeline.engine.outbox.deliver import deliver_outbox
+from recon_pipeline.local.environment import packaged_mapping_path
 from recon_pipeline.stores.mongo import create_client
 from recon_pipeline.stores.postgres import create_engine
 from recon_pipeline.stores.postgres import create_engine

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from bson.decimal128 import Decimal128
 from pymongo.database import Database
 
-from recon_pipeline.engine.mapping import ReconConfig
+from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import schema
 from recon_pipeline_tests.builders import (
     T0,
@@ -42,7 +42,7 @@ def test_embedded_mismatches_repaired_in_place(
                   "nickname": "unmapped document field"}})
     mirror(mongo_db, config, "creditor_debts", debt_row(77, "C1"))  # orphan element
 
-    report = run(pg_engine, mongo_db, config, entities=("creditor_debts",))
+    report = run(pg_engine, mongo_db, entities=("creditor_debts",))
 
     assert mismatch_rows(pg_engine, report.id) == [
         ("creditor_debts", "2", "field_mismatch", "repaired"),
@@ -72,7 +72,7 @@ def test_amount_within_tolerance_is_no_mismatch(
     mongo_db.clients.update_one({"_id": "C1"}, {"$set": {
         "final_creditor_list.0.current_debt_amount": 100.104,  # within 0.005
         "final_creditor_list.1.current_debt_amount": 100.106}})  # beyond
-    report = run(pg_engine, mongo_db, config, entities=("creditor_debts",), dry_run=True)
+    report = run(pg_engine, mongo_db, entities=("creditor_debts",), dry_run=True)
     assert mismatch_rows(pg_engine, report.id) == [
         ("creditor_debts", "2", "field_mismatch", "dry_run")]
 
@@ -84,7 +84,7 @@ def test_element_under_the_wrong_parent(
     insert(pg_engine, schema.creditor_debts, debt_row(1, "C2"))
     mirror(mongo_db, config, "clients", client_row("C1"), client_row("C2"))
     mirror(mongo_db, config, "creditor_debts", debt_row(1, "C1"))  # moved to C2 since
-    report = run(pg_engine, mongo_db, config, window(full_scan=True),
+    report = run(pg_engine, mongo_db, window(full_scan=True),
                  entities=("creditor_debts",))
     assert mismatch_rows(pg_engine, report.id) == [
         ("creditor_debts", "1", "missing_in_mongo", "repaired"),
@@ -95,15 +95,12 @@ def test_element_under_the_wrong_parent(
 def test_embedded_orphans_deleted_when_enabled(
     pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig
 ) -> None:
-    from dataclasses import replace
-
     insert(pg_engine, schema.clients, client_row("C1"))
     insert(pg_engine, schema.creditor_debts, debt_row(1, "C1"))
     mirror(mongo_db, config, "clients", client_row("C1"))
     mirror(mongo_db, config, "creditor_debts", debt_row(1, "C1"), debt_row(5, "C1",
                                                                          at=T0 + timedelta(1)))
-    deleting = replace(config, settings=replace(config.settings, delete_orphans=True))
-    report = run(pg_engine, mongo_db, deleting, window(full_scan=True),
+    report = run(pg_engine, mongo_db, window(full_scan=True), settings={"delete_orphans": True},
                  entities=("creditor_debts",))
     assert mismatch_rows(pg_engine, report.id) == [
         ("creditor_debts", "5", "orphan_in_mongo", "repaired")]

@@ -14,15 +14,15 @@ from pymongo.database import Database
 
 from recon_pipeline.engine import repair
 from recon_pipeline.engine.extract import plan_chunks
-from recon_pipeline.engine.mapping import ReconConfig
-from recon_pipeline.engine.reconcile import (
-    RunRequest,
+from recon_pipeline.engine.repair import repair_batch
+from recon_pipeline.engine.report import RunReport, finish_report
+from recon_pipeline.engine.run_steps import (
+    RunScope,
     begin_run,
     decide_repairs,
     safe_diff_chunk,
 )
-from recon_pipeline.engine.repair import repair_batch
-from recon_pipeline.engine.report import RunReport, finish_report
+from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import schema
 from recon_pipeline.stores.target import VERSION_FIELD
 from recon_pipeline_tests import faults
@@ -44,10 +44,10 @@ def _with(config: ReconConfig, **settings) -> ReconConfig:
 
 def _detected(pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig) -> int:
     """A report with the incoming_emails mismatches found, not yet repaired."""
-    request = RunRequest("r1", window(), entities=("incoming_emails",))
-    report_id = begin_run(pg_engine, request, T0)
-    for chunk in plan_chunks(pg_engine, config, request.window, ["incoming_emails"]):
-        safe_diff_chunk(pg_engine, mongo_db, config, report_id, request.window, chunk, T0)
+    scope = RunScope("r1", window(), entities=("incoming_emails",))
+    report_id = begin_run(pg_engine, scope, T0)
+    for chunk in plan_chunks(pg_engine, config, scope.window, ["incoming_emails"]):
+        safe_diff_chunk(pg_engine, mongo_db, config, report_id, scope.window, chunk, T0)
     return report_id
 
 
@@ -70,7 +70,7 @@ def test_version_guard_refuses_to_overwrite_newer_target(
     insert(pg_engine, schema.incoming_emails, email_row(1, "C1", at=T0))
     newer = email_row(1, "C1", at=T0 + timedelta(minutes=5), subject="newer write")
     mirror(mongo_db, config, "incoming_emails", newer)
-    report = run(pg_engine, mongo_db, config, entities=("incoming_emails",))
+    report = run(pg_engine, mongo_db, entities=("incoming_emails",))
     with pg_engine.connect() as conn:
         status, error = conn.execute(sa.text(
             "select repair_status, repair_error from reconciliation_mismatches")).one()
@@ -99,7 +99,7 @@ def test_more_mismatches_than_repair_limit_repairs_none(
     pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig
 ) -> None:
     insert(pg_engine, schema.incoming_emails, *(email_row(i, "C1") for i in range(1, 5)))
-    report = run(pg_engine, mongo_db, _with(config, repair_limit=3),
+    report = run(pg_engine, mongo_db, settings={"repair_limit": 3},
                  entities=("incoming_emails",))
     assert [r[3] for r in mismatch_rows(pg_engine, report.id)] == ["skipped_limit"] * 4
     assert report.counts["repair_skipped"] == 4
@@ -112,7 +112,7 @@ def test_repair_limit_is_inclusive(
     pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig
 ) -> None:
     insert(pg_engine, schema.incoming_emails, *(email_row(i, "C1") for i in range(1, 4)))
-    report = run(pg_engine, mongo_db, _with(config, repair_limit=3),
+    report = run(pg_engine, mongo_db, settings={"repair_limit": 3},
                  entities=("incoming_emails",))
     assert report.counts["repaired"] == 3
     assert report.status == "success"
@@ -126,7 +126,7 @@ def test_dry_run_writes_nothing_and_marks_dry_run(
     mirror(mongo_db, config, "incoming_emails", {**row, "subject": "stale"},
            email_row(3, "C1"))
     snapshot = list(mongo_db.incoming_emails.find({}, sort=[("_id", 1)]))
-    report = run(pg_engine, mongo_db, _with(config, delete_orphans=True), dry_run=True,
+    report = run(pg_engine, mongo_db, settings={"delete_orphans": True}, dry_run=True,
                  entities=("incoming_emails",))
     assert mismatch_rows(pg_engine, report.id) == [
         ("incoming_emails", "1", "field_mismatch", "dry_run"),
@@ -140,11 +140,11 @@ def test_delete_orphans_off_reports_and_on_deletes(
     pg_engine: sa.Engine, mongo_db: Database, config: ReconConfig
 ) -> None:
     mirror(mongo_db, config, "incoming_emails", email_row(7, "C1"))
-    kept = run(pg_engine, mongo_db, config, entities=("incoming_emails",))
+    kept = run(pg_engine, mongo_db, entities=("incoming_emails",))
     assert mismatch_rows(pg_engine, kept.id) == [
         ("incoming_emails", "7", "orphan_in_mongo", "reported")]
     assert mongo_db.incoming_emails.count_documents({"_id": 7}) == 1
-    deleted = run(pg_engine, mongo_db, _with(config, delete_orphans=True),
+    deleted = run(pg_engine, mongo_db, settings={"delete_orphans": True},
                   entities=("incoming_emails",))
     assert mismatch_rows(pg_engine, deleted.id) == [
         ("incoming_emails", "7", "orphan_in_mongo", "repaired")]
@@ -217,7 +217,8 @@ def test_postgres_work_runs_beside_the_mongodb_writes(
         return call
 
     monkeypatch.setattr(repair, "fetch_rows", on_thread("source reads", repair.fetch_rows))
-    monkeypatch.setattr(repair, "mark_sync", on_thread("sync marks", repair.mark_sync))
+    monkeypatch.setattr(repair.reports, "record_repair_outcomes",
+                        on_thread("sync marks", repair.reports.record_repair_outcomes))
     monkeypatch.setattr(repair, "_write", on_thread("mongodb writes", repair._write))
     _repair(pg_engine, mongo_db, config, report_id, group_size=2)
     caller = threading.current_thread().name

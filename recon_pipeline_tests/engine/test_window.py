@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from recon_pipeline.engine.mapping import Settings
 from recon_pipeline.engine.window import RunWindow, WindowError, compute_window
+from recon_pipeline.model.mapping import Settings
 
 NOW = datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC)
 SETTINGS = Settings(lookback_hours=48, settle_seconds=60)

@@ -1,0 +1,1 @@
+"""`recon-pipeline`: runs the same job as the UI, prints reports, sets up databases."""

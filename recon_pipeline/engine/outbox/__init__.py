@@ -1,0 +1,2 @@
+"""The outbox (SPEC 6): plan a message's write, claim and deliver due batches, back off,
+dead-letter."""

@@ -103,8 +103,11 @@ class Writer:
 
 def start_writers(pg_url: str, mongo_db: Database[Any], keys: list[int],
                   threads: int) -> tuple[list[Writer], list[threading.Thread]]:
-    """Writers own disjoint keys, so each row's two writes stay in order."""
-    writers = [Writer(pg_url, mongo_url_of(mongo_db), mongo_db.name, keys[i::threads], i)
+    """Writers own disjoint keys, so each row's two writes stay in order. Ownership goes by
+    the key itself: `keys` repeats some keys, and slicing it by position would give one
+    key to two writers, whose PostgreSQL and MongoDB halves could then interleave."""
+    writers = [Writer(pg_url, mongo_url_of(mongo_db), mongo_db.name,
+                      [k for k in keys if k % threads == i], i)
                for i in range(threads)]
     workers = [threading.Thread(target=w.run, name=f"app-writer-{i}")
                for i, w in enumerate(writers)]

@@ -159,6 +159,14 @@ def read_mapping_file(path: Path) -> dict[str, Any]:
 # --- step 2: bind to the live schema --------------------------------------------------------
 
 
+def _unquoted(value: Any) -> str:
+    """A hint for a name YAML 1.1 read as a boolean: `no`, `yes`, `on`, `off` unquoted."""
+    if isinstance(value, bool):
+        return (f" (YAML read an unquoted name as the boolean {str(value).lower()}: quote it,"
+                " e.g. 'no')")
+    return ""
+
+
 @dataclass(slots=True)
 class _EntityBinder:
     name: str
@@ -175,12 +183,12 @@ class _EntityBinder:
 
     def column(self, table: str, column: Any) -> str:
         if not isinstance(column, str) or column not in self.catalog[table]:
-            raise self.fail(f"column '{column}' not in table '{table}'")
+            raise self.fail(f"column '{column}' not in table '{table}'{_unquoted(column)}")
         return column
 
     def target_path(self, path: Any, column: str) -> str:
         if not isinstance(path, str) or not path:
-            raise self.fail(f"field '{column}': target must be a field path")
+            raise self.fail(f"field '{column}': target must be a field path{_unquoted(path)}")
         for part in path.split("."):
             if not part or part.startswith("$") or "\x00" in part:
                 raise self.fail(f"field '{column}': invalid target path '{path}'")

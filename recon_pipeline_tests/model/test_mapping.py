@@ -92,6 +92,23 @@ def test_bad_mapping_fails_naming_entity_and_name(
     assert message in str(error.value)
 
 
+def test_a_name_yaml_reads_as_a_boolean_fails_saying_to_quote_it(
+    pg_engine: sa.Engine, tmp_path: Path
+) -> None:
+    """`no`, `yes`, `on`, `off` unquoted are booleans to YAML 1.1: a field named `no`
+    (a stop number, say) must be quoted, and the error says so."""
+    text = packaged_mapping_path().read_text().replace(
+        "element_key: creditor_id", "element_key: no")
+    assert "element_key: no" in text
+    path = tmp_path / "recon.yaml"
+    path.write_text(text)
+    with pytest.raises(MappingError) as error:
+        load_mapping(path, pg_engine)
+    assert ("mapping entity 'creditor_debts': field 'element_key': target must be a field "
+            "path (YAML read an unquoted name as the boolean false: quote it, e.g. 'no')"
+            ) in str(error.value)
+
+
 def test_invalid_yaml_fails_at_load_time(pg_engine: sa.Engine, tmp_path: Path) -> None:
     path = tmp_path / "recon.yaml"
     path.write_text("entities: {clients: [unclosed\n")

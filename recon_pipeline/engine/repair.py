@@ -287,8 +287,7 @@ def _record(engine: sa.Engine, entity: EntityMapping, outcomes: list[Outcome],
 
 
 def _give_bumped_versions(db: Database[dict[str, Any]], bumps: _Bumps) -> None:
-    entity, ops = bumps
-    write_best_effort(db, entity.target.collection, ops)
+    write_best_effort(db, *bumps)
 
 
 def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],

@@ -50,13 +50,12 @@ def bulk_write_ops(db: Database[dict[str, Any]], entity: EntityMapping,
     return BulkWriteOutcome(applied=result.matched_count + result.upserted_count)
 
 
-def write_best_effort(db: Database[dict[str, Any]], collection: str, ops: Sequence[Any]) -> None:
-    """An unordered bulk write whose failures are not reported: for writes that a later run
-    makes anyway when they fail (a refused guard is a duplicate key or no match; any other
-    error leaves the target a version behind, which the next run finds and repairs)."""
-    if not ops:
-        return
+def write_best_effort(db: Database[dict[str, Any]], entity: EntityMapping,
+                      ops: Sequence[UpdateOne | DeleteOne]) -> None:
+    """`bulk_write_ops` with its failures dropped: for writes that a later run makes anyway
+    when they fail (a refused guard is a duplicate key or no match; any other error leaves
+    the target a version behind, which the next run finds and repairs)."""
     try:
-        db[collection].bulk_write(list(ops), ordered=False)
+        bulk_write_ops(db, entity, ops)
     except PyMongoError:
         return

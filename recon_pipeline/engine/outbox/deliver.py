@@ -139,8 +139,7 @@ def deliver_outbox(engine: sa.Engine, mongo_db: Database[dict[str, Any]], config
                     on_batch(total)
                 if not unreachable:  # once the marks are committed; writes never overlap
                     for entity, ops in bumps:
-                        writer.submit(write_best_effort, mongo_db, entity.target.collection,
-                                      ops)
+                        writer.submit(write_best_effort, mongo_db, entity, ops)
                 if unreachable:
                     break
                 current = following

@@ -247,15 +247,23 @@ def _element_order(record: TargetRecord) -> Any:
     return order_key(record.key)
 
 
+def updated_at_path(entity: EntityMapping) -> str | None:
+    """Where the mapped `updated_at` sits in a document (inside the array when embedded):
+    what the windowed orphan query filters on and `db init` indexes, so the two agree."""
+    field = entity.updated_at_field
+    if field is None:
+        return None
+    embedded = entity.target.embedded
+    return field.target if embedded is None else f"{embedded.array}.{field.target}"
+
+
 def find_updated_between(db: Database[Document], entity: EntityMapping, start: datetime,
                          end: datetime) -> Iterator[TargetRecord]:
     """Target records whose mapped `updated_at` lies in [start, end): the orphan candidates
     of a windowed run."""
-    field = entity.updated_at_field
-    if field is None:
+    field, path = entity.updated_at_field, updated_at_path(entity)
+    if field is None or path is None:
         return
-    embedded = entity.target.embedded
-    path = field.target if embedded is None else f"{embedded.array}.{field.target}"
     query: Document = {path: {"$gte": start, "$lt": end}}
     if entity.target.key != "_id":
         query[entity.target.key] = {"$ne": None}  # no key: not a record of this entity
@@ -355,11 +363,9 @@ def ensure_target_indexes(db: Database[Document], entities: Iterable[EntityMappi
     for entity in entities:
         if needs_key_index(entity) and missing_key_index(db, entity) is not None:
             created.append(_create_key_index(db, entity))
-        field = entity.updated_at_field
-        if field is None:
+        path = updated_at_path(entity)
+        if path is None:
             continue
-        embedded = entity.target.embedded
-        path = field.target if embedded is None else f"{embedded.array}.{field.target}"
         name = db[entity.target.collection].create_index(path)
         created.append(f"{entity.target.collection}.{name}")
     return list(dict.fromkeys(created))

@@ -167,6 +167,15 @@ def _unquoted(value: Any) -> str:
     return ""
 
 
+# The keys each part of an entity may have.
+ENTITY_KEYS = ("source", "target", "fields")
+SOURCE_KEYS = ("table", "key", "updated_at", "sync_tracking")
+SYNC_TRACKING_KEYS = ("status", "synced_at", "error")
+TARGET_KEYS = ("collection", "key", "embedded")
+EMBEDDED_KEYS = ("array", "parent_key", "element_key")
+FIELD_KEYS = ("field", "type", "tolerance", "ignore")
+
+
 @dataclass(slots=True)
 class _EntityBinder:
     name: str
@@ -174,6 +183,14 @@ class _EntityBinder:
 
     def fail(self, message: str) -> MappingError:
         return MappingError(f"mapping entity '{self.name}': {message}")
+
+    def known_keys(self, raw: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+        """A misspelt key is an error, never ignored: an option that silently does not
+        apply (a scope, a tracking column) would make the run do something else."""
+        unknown = [k for k in raw if k not in allowed]
+        if unknown:
+            raise self.fail(f"unknown key '{unknown[0]}' in {where}{_unquoted(unknown[0])} "
+                            f"(expected: {', '.join(allowed)})")
 
     def require(self, raw: Mapping[str, Any], key: str, where: str) -> Any:
         value = raw.get(key)
@@ -195,6 +212,7 @@ class _EntityBinder:
         return path
 
     def source(self, raw: Mapping[str, Any]) -> SourceSpec:
+        self.known_keys(raw, "source", SOURCE_KEYS)
         table = self.require(raw, "table", "source")
         if table not in self.catalog:
             raise self.fail(f"table '{table}' does not exist")
@@ -203,6 +221,7 @@ class _EntityBinder:
         if tracking is not None:
             if not isinstance(tracking, dict):
                 raise self.fail("source 'sync_tracking' must be a mapping")
+            self.known_keys(tracking, "sync_tracking", SYNC_TRACKING_KEYS)
             sync = SyncTracking(*(self.column(table, self.require(tracking, k, "sync_tracking"))
                                   for k in ("status", "synced_at", "error")))
         key = self.require(raw, "key", "source")
@@ -227,11 +246,13 @@ class _EntityBinder:
         return bool(sql_type.timezone)
 
     def target(self, raw: Mapping[str, Any], table: str) -> TargetSpec:
+        self.known_keys(raw, "target", TARGET_KEYS)
         embedded_raw = raw.get("embedded")
         embedded = None
         if embedded_raw is not None:
             if not isinstance(embedded_raw, dict):
                 raise self.fail("target 'embedded' must be a mapping")
+            self.known_keys(embedded_raw, "embedded", EMBEDDED_KEYS)
             embedded = EmbeddedSpec(
                 array=self.target_path(self.require(embedded_raw, "array", "embedded"), "array"),
                 parent_key=self.column(table, self.require(embedded_raw, "parent_key", "embedded")),
@@ -263,9 +284,7 @@ class _EntityBinder:
             spec = {"field": spec}
         if not isinstance(spec, dict):
             raise self.fail(f"field '{column}': expected a target path or a mapping")
-        unknown = set(spec) - {"field", "type", "tolerance", "ignore"}
-        if unknown:
-            raise self.fail(f"field '{column}': unknown option '{sorted(unknown)[0]}'")
+        self.known_keys(spec, f"field '{column}'", FIELD_KEYS)
         target = self.target_path(spec.get("field"), column)
         try:
             kind = (kind_from_name(spec["type"]) if "type" in spec
@@ -283,6 +302,7 @@ class _EntityBinder:
     def entity(self, raw: Any) -> EntityMapping:
         if not isinstance(raw, dict):
             raise self.fail("expected a mapping with source, target and fields")
+        self.known_keys(raw, "the entity", ENTITY_KEYS)
         source_raw, target_raw, fields_raw = (raw.get(k) for k in ("source", "target", "fields"))
         for key, value in (("source", source_raw), ("target", target_raw), ("fields", fields_raw)):
             if not isinstance(value, dict) or not value:

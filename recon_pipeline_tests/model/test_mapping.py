@@ -77,10 +77,30 @@ def test_packaged_mapping_describes_the_demo_domain(pg_engine: sa.Engine) -> Non
         (lambda r: r["settings"].update({"lookback": 3}), "settings: unknown setting 'lookback'"),
         (lambda r: r["entities"]["clients"].pop("target"),
          "mapping entity 'clients': 'target' must be a non-empty mapping"),
+        # A misspelt key is never ignored: a scope that silently did not apply would run
+        # unscoped (and with delete_orphans on, delete what it should not).
+        (lambda r: r["entities"]["clients"]["source"].update({"wher": {"status": "active"}}),
+         "mapping entity 'clients': unknown key 'wher' in source (expected: table, key, "
+         "updated_at, sync_tracking)"),
+        (lambda r: r["entities"]["clients"]["target"].update({"colection": "x"}),
+         "mapping entity 'clients': unknown key 'colection' in target"),
+        (lambda r: r["entities"]["creditor_debts"]["target"]["embedded"].update(
+            {"element": "id"}),
+         "mapping entity 'creditor_debts': unknown key 'element' in embedded"),
+        (lambda r: r["entities"]["incoming_emails"]["source"]["sync_tracking"].update(
+            {"synced": "x"}),
+         "mapping entity 'incoming_emails': unknown key 'synced' in sync_tracking"),
+        (lambda r: r["entities"]["incoming_emails"]["fields"].update(
+            {"subject": {"field": "subject", "tolerence": 1}}),
+         "mapping entity 'incoming_emails': unknown key 'tolerence' in field 'subject'"),
+        (lambda r: r["entities"]["clients"].update({"feilds": {}}),
+         "mapping entity 'clients': unknown key 'feilds' in the entity"),
     ],
     ids=["misspelt-column", "missing-table", "bad-key", "duplicate-target", "overlapping-target",
          "unknown-type", "dollar-path", "bad-parent-key", "bad-sync-column", "bad-setting",
-         "unknown-setting", "no-target"],
+         "unknown-setting", "no-target", "unknown-source-key", "unknown-target-key",
+         "unknown-embedded-key", "unknown-tracking-key", "unknown-field-key",
+         "unknown-entity-key"],
 )
 def test_bad_mapping_fails_naming_entity_and_name(
     pg_engine: sa.Engine, tmp_path: Path, mutate, message: str

@@ -29,7 +29,7 @@ EVALUATED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecor
 def make_demo(root: Path, env: dict[str, str]) -> None:
     """The `make demo` recipe, from a project root holding the project's yaml files."""
     done = subprocess.run([sys.executable, "-m", "recon_pipeline.local.dev", "demo", "--yes",
-                           "--clients", "30"], cwd=root, env=env, capture_output=True,
+                           "--clients", "10"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"DAGSTER_HOME={root / HOME_DIRECTORY}" in done.stdout

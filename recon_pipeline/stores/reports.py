@@ -224,25 +224,30 @@ class MismatchLine:
                 self.target_value, self.repair_status, self.repair_error)
 
 
-def _fields_object() -> sa.ColumnElement[Any]:
+def _fields_object(fields: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
     """`fields`, or `{}` where it holds no object (JSON `null` for a missing or orphan
     record): what the set-returning JSON functions may be given."""
-    m = mismatches_table.c
-    return sa.case((sa.func.jsonb_typeof(m.fields) == "object", m.fields),
+    return sa.case((sa.func.jsonb_typeof(fields) == "object", fields),
                    else_=sa.text("'{}'::jsonb"))
 
 
-def _mismatch_lines_query(report_id: int) -> sa.Select[Any]:
-    m = mismatches_table.c
-    drifted = sa.func.jsonb_each(_fields_object()).table_valued(
+def _mismatch_lines_query(report_id: int, limit: int | None = None) -> sa.Select[Any]:
+    t = mismatches_table
+    chosen = sa.select(t).where(t.c.report_id == report_id)
+    if limit is not None:
+        # Every mismatch gives at least one line, so the first `limit` lines come from the
+        # first `limit` mismatches: only theirs are expanded and sorted.
+        chosen = chosen.order_by(t.c.id).limit(limit)
+    m = chosen.subquery("m")
+    drifted = sa.func.jsonb_each(_fields_object(m.c.fields)).table_valued(
         sa.column("key", sa.Text), sa.column("value", JSONB)).lateral("drifted")
-    return (sa.select(m.entity, m.record_key, m.kind, drifted.c.key.label("field"),
-                      drifted.c.value["source"].label("source_value"),
-                      drifted.c.value["target"].label("target_value"),
-                      m.repair_status, m.repair_error)
-            .select_from(mismatches_table.outerjoin(drifted, sa.true()))
-            .where(m.report_id == report_id)
-            .order_by(m.id, drifted.c.key))
+    query = (sa.select(m.c.entity, m.c.record_key, m.c.kind, drifted.c.key.label("field"),
+                       drifted.c.value["source"].label("source_value"),
+                       drifted.c.value["target"].label("target_value"),
+                       m.c.repair_status, m.c.repair_error)
+             .select_from(m.outerjoin(drifted, sa.true()))
+             .order_by(m.c.id, drifted.c.key))
+    return query if limit is None else query.limit(limit)
 
 
 def _json_text(value: Any) -> str:
@@ -261,7 +266,7 @@ def mismatch_lines(engine: sa.Engine, report_id: int,
     """The first `limit` lines (all when None) of the report's mismatches, in id order."""
     with engine.connect() as conn:
         return [_line(row) for row in conn.execute(
-            _mismatch_lines_query(report_id).limit(limit))]
+            _mismatch_lines_query(report_id, limit))]
 
 
 def iter_mismatch_lines(engine: sa.Engine, report_id: int,
@@ -285,7 +290,8 @@ def field_drift(engine: sa.Engine, report_id: int) -> list[tuple[str, str, int]]
     """(entity, field, mismatches) over the report's field mismatches: which target
     fields drift, most drifted first within each entity."""
     m = mismatches_table.c
-    field = sa.func.jsonb_object_keys(_fields_object()).table_valued("name").lateral("field")
+    field = sa.func.jsonb_object_keys(_fields_object(m.fields)).table_valued(
+        "name").lateral("field")
     count = sa.func.count().label("mismatches")
     with engine.connect() as conn:
         return [(r.entity, r.name, int(r.mismatches)) for r in conn.execute(

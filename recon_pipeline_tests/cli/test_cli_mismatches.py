@@ -116,3 +116,13 @@ def test_bad_arguments_exit_2(
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert (out, err) == ("", f"recon-pipeline: error: {message}\n")
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5, 20])
+def test_the_first_lines_are_the_head_of_the_full_listing(
+    limit: int, pg_engine: sa.Engine
+) -> None:
+    """The materialization's sample (`limit` lines) expands only the first mismatches."""
+    report_id = recorded_report(pg_engine)
+    every = list(reports.iter_mismatch_lines(pg_engine, report_id))
+    assert reports.mismatch_lines(pg_engine, report_id, limit) == every[:limit]

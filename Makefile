@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+# `recon-pipeline demo`, recorded in the instance `make dev` serves (.dagster_home).
 demo: install
-	$(BIN)/recon-pipeline demo
+	$(BIN)/python -m recon_pipeline.local.dev demo
 
 dev: install
 	$(BIN)/python -m recon_pipeline.local.dev

@@ -4,7 +4,6 @@ drift with the exact figures a run must report, and a PostgreSQL-backed Dagster 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -82,10 +81,11 @@ def expected_counts(summary: SeedSummary) -> dict[str, int]:
 
 
 def write_dagster_home(home: Path, dagster_postgres_url: str) -> dict[str, str]:
-    """A DAGSTER_HOME holding the project's dagster.yaml; the env that makes it load."""
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    return {"DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": dagster_postgres_url}
+    """A DAGSTER_HOME holding the project's dagster.yaml; the env that makes it load
+    (the same set-up as `make dev` and `make demo`)."""
+    from recon_pipeline.local.dev import dagster_home_environment
+
+    return dagster_home_environment(home, dagster_postgres_url, REPO)
 
 
 def child_env(**extra: str) -> dict[str, str]:

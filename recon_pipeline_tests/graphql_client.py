@@ -27,6 +27,9 @@ MATERIALIZATIONS = """query Mats($key: AssetKeyInput!) { assetOrError(assetKey: 
 CHECK = """query Check($key: AssetKeyInput!, $name: String!) {
   assetCheckExecutions(assetKey: $key, checkName: $name, limit: 20) {
     runId status evaluation { success severity } } }"""
+CHECK_DESCRIPTIONS = """query CheckDescriptions($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) { ... on AssetNode { assetChecksOrError {
+    ... on AssetChecks { checks { name description } } } } } }"""
 BACKFILL = """mutation Backfill($params: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $params) { __typename
     ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""

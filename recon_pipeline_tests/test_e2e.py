@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from pymongo.database import Database
 
 import recon_pipeline
+from recon_pipeline.defs.checks import CHECK_NAMES
 from recon_pipeline.defs.partitions import last_complete_hour
 from recon_pipeline.local import embedded
 from recon_pipeline.model.mapping import ReconConfig
@@ -36,6 +37,7 @@ from recon_pipeline_tests.graphql_client import (
     BACKFILL,
     BACKFILL_STATUS,
     CHECK,
+    CHECK_DESCRIPTIONS,
     MATERIALIZATIONS,
     RUNS,
     TERMINAL,
@@ -129,11 +131,17 @@ def test_ui_run_and_backfill_end_to_end(
     assert {name: metadata[name] for name in seeded.counts} == {
         name: row[name] for name in seeded.counts}
     assert (metadata["report_id"], metadata["status"], metadata["window_start"]) == (
-        row["id"], row["status"], WINDOW_START.isoformat())
+        str(row["id"]), row["status"], WINDOW_START.isoformat())
+    drift = seeded.summary.drift["clients"]
+    assert metadata["clients/field_mismatches"] == len(drift.mismatched)  # plotted per entity
+    assert {"field_drift", "mismatch_sample"} <= set(metadata)
     assert len(metadata["entities"]["records"]) == 3  # one row per entity
     checks = {}
-    for name in ("no_unrepaired_mismatches", "mismatch_rate_below_threshold",
-                 "outbox_has_no_dead_letters", "mongo_reachable", "outbox_backlog_fresh"):
+    described = gql(CHECK_DESCRIPTIONS, {"key": KEY})["assetNodeOrError"][
+        "assetChecksOrError"]["checks"]
+    assert {c["name"] for c in described} == set(CHECK_NAMES)
+    assert all(c["description"] for c in described)  # the UI shows each one's meaning
+    for name in CHECK_NAMES:
         executions = gql(CHECK, {"key": KEY, "name": name})["assetCheckExecutions"]
         # Besides its evaluation, a run leaves the planned (partitioned) record SKIPPED:
         # checks are evaluated unpartitioned, one report per run whatever its range.
@@ -145,6 +153,7 @@ def test_ui_run_and_backfill_end_to_end(
         "outbox_has_no_dead_letters": (row["outbox_dead"] == 0, "WARN"),
         "mongo_reachable": (True, "ERROR"),
         "outbox_backlog_fresh": (True, "WARN"),
+        "mismatch_rate_in_usual_range": (True, "WARN"),  # not enough history yet
     }
 
     # A backfill of 6 partitions and, at the same time, another run: the pool keeps them

@@ -40,7 +40,8 @@ FAIL_POINT = "Failing command via 'failCommand' failpoint"
 REPAIR_ERROR = f"MongoDB error 2: {FAIL_POINT}"
 OUTBOX_ERROR = f"MongoDB write failed: {FAIL_POINT} (code 2)"
 CHECKS = {"no_unrepaired_mismatches", "mismatch_rate_below_threshold",
-          "outbox_has_no_dead_letters", "mongo_reachable", "outbox_backlog_fresh"}
+          "outbox_has_no_dead_letters", "mongo_reachable", "outbox_backlog_fresh",
+          "mismatch_rate_in_usual_range"}
 WINDOW = {"window_start": WINDOW_START, "window_end": WINDOW_END}
 
 

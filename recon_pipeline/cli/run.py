@@ -34,8 +34,12 @@ def add_run_parser(commands: Any) -> None:
     run.add_argument("--entity", action="append", dest="entities", metavar="NAME")
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=cmd_run)
-    report = commands.add_parser("report", help="recent reconciliation reports")
-    report.add_argument("--last", type=int, default=5)
+    report = commands.add_parser("report", help="recent reconciliation reports, or every "
+                                 "mismatch of one")
+    report.add_argument("--last", type=int, help="the N most recent reports (default 5)")
+    report.add_argument("--mismatches", type=int, metavar="REPORT_ID",
+                        help="every mismatch of that report, one line per drifted field")
+    report.add_argument("--csv", action="store_true", help="with --mismatches: CSV")
     report.add_argument("--json", action="store_true")
     report.set_defaults(handler=cmd_report)
 
@@ -110,17 +114,36 @@ def read(env: Environment, report_id: int) -> RunReport:
 
 
 def cmd_report(args: argparse.Namespace, env: Environment) -> int:
-    if args.last < 1:
+    if args.mismatches is not None:
+        return report_mismatches(args, env)
+    if args.csv:
+        raise UsageError("--csv goes with --mismatches REPORT_ID")
+    last = 5 if args.last is None else args.last
+    if last < 1:
         raise UsageError("--last must be at least 1")
     engine = connect_engine(env.database_url)
     try:
-        rows = [RunReport.from_row(r) for r in reports.recent_reports(engine, args.last)]
+        rows = [RunReport.from_row(r) for r in reports.recent_reports(engine, last)]
     finally:
         engine.dispose()
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], default=_json_default, indent=2))
     else:
         print("\n\n".join(format_report(r) for r in rows) if rows else "no reports yet")
+    return EXIT_OK
+
+
+def report_mismatches(args: argparse.Namespace, env: Environment) -> int:
+    from recon_pipeline.cli.mismatches import UnknownReport, print_mismatches
+
+    if args.last is not None:
+        raise UsageError("--last cannot be combined with --mismatches")
+    if args.csv and args.json:
+        raise UsageError("--csv and --json exclude each other")
+    try:
+        print_mismatches(env, args.mismatches, as_csv=args.csv, as_json=args.json)
+    except UnknownReport as error:
+        raise UsageError(str(error)) from None
     return EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""`reconciliation_job`: the report asset and its five checks."""
+"""`reconciliation_job`: the report asset and its six checks."""
 
 from dagster import AssetSelection, define_asset_job
 

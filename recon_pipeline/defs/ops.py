@@ -24,9 +24,15 @@ from dagster import (
     op,
 )
 
-from recon_pipeline.defs.checks import CHECK_NAMES, CheckInputs, check_results
+from recon_pipeline.defs.checks import (
+    CHECK_NAMES,
+    DEAD_IDS_SHOWN,
+    HISTORY_SIZE,
+    CheckInputs,
+    check_results,
+)
 from recon_pipeline.defs.config import ReconciliationConfig, run_window
-from recon_pipeline.defs.metadata import report_metadata
+from recon_pipeline.defs.metadata import SAMPLE_ROWS, report_metadata
 from recon_pipeline.defs.resources import MappingResource, MongoResource, PostgresResource, RunLock
 from recon_pipeline.engine.extract import ChunkPlan, ChunkResult, plan_chunks
 from recon_pipeline.engine.repair import repair_batch
@@ -46,8 +52,9 @@ from recon_pipeline.engine.run_steps import (
     utc_now,
 )
 from recon_pipeline.engine.window import RunWindow
+from recon_pipeline.stores import reports
 from recon_pipeline.stores.mongo import reachable
-from recon_pipeline.stores.outbox import oldest_due_age
+from recon_pipeline.stores.outbox import dead_letters, outbox_backlog
 
 POOL = "reconciliation"
 
@@ -203,9 +210,14 @@ def write_report(context: OpExecutionContext, ticket: RunTicket, outbox_counts: 
         engine, ticket.report_id, chunks=chunk_results, outbox=outbox_counts,
         cleanup=cleanup_counts, mongo_available=ticket.mongo_available, finished_at=now,
         extra_details={"repair_decision": decision})
-    backlog = oldest_due_age(engine, now)
     context.log.info(f"report {report.id}: {report.status}")
-    yield Output(None, "result", metadata=report_metadata(report))
+    yield Output(None, "result", metadata=report_metadata(
+        report, reports.field_drift(engine, report.id),
+        reports.mismatch_lines(engine, report.id, SAMPLE_ROWS)))
     results: list[AssetCheckResult] = check_results(CheckInputs(
-        report, config.settings.mismatch_rate_warn, backlog))
+        report, config.settings.mismatch_rate_warn,
+        backlog=outbox_backlog(engine, now),
+        dead=dead_letters(engine, DEAD_IDS_SHOWN) if report.counts["outbox_dead"] else None,
+        history=reports.finished_history(engine, report.id, full_scan=report.full_scan,
+                                         last=HISTORY_SIZE)))
     yield from results

@@ -50,12 +50,49 @@ def _due(now: datetime) -> sa.ColumnElement[bool]:
     return sa.and_(_DUE, outbox_messages.c.next_attempt_at <= now)
 
 
-def oldest_due_age(engine: sa.Engine, now: datetime) -> timedelta | None:
-    """Age of the oldest message whose delivery is due; None when none is."""
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The messages due for delivery: how many, and the oldest (by creation)."""
+
+    due: int
+    oldest_id: int | None
+    oldest_age: timedelta | None
+
+
+def outbox_backlog(engine: sa.Engine, now: datetime) -> Backlog:
+    """What the backlog check reports: the due messages, and the oldest one's id and age."""
+    m = outbox_messages.c
     with engine.connect() as conn:
-        oldest = conn.execute(sa.select(sa.func.min(outbox_messages.c.created_at))
-                              .where(_due(now))).scalar()
-    return None if oldest is None else now - oldest
+        due = conn.execute(sa.select(sa.func.count()).select_from(outbox_messages)
+                           .where(_due(now))).scalar_one()
+        oldest = conn.execute(sa.select(m.id, m.created_at).where(_due(now))
+                              .order_by(m.created_at, m.id).limit(1)).first()
+    if oldest is None:
+        return Backlog(int(due), None, None)
+    return Backlog(int(due), int(oldest.id), now - oldest.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetters:
+    """`dead` messages (never deleted: each waits for a person): how many, the newest ids
+    and the newest error."""
+
+    total: int
+    newest_ids: tuple[int, ...]
+    newest_error: str | None
+
+
+def dead_letters(engine: sa.Engine, newest: int) -> DeadLetters:
+    """Reads the whole table (no index on `dead`): call it when a run dead-lettered."""
+    m = outbox_messages.c
+    dead = outbox_messages.c.status == "dead"
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(outbox_messages)
+                             .where(dead)).scalar_one()
+        rows = conn.execute(sa.select(m.id, m.last_error).where(dead)
+                            .order_by(m.id.desc()).limit(newest)).all()
+    return DeadLetters(int(total), tuple(int(r.id) for r in rows),
+                       rows[0].last_error if rows else None)
 
 
 def _claim_query(now: datetime, limit: int) -> sa.Select[Any]:

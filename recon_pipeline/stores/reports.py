@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from recon_pipeline.model.mapping import EntityMapping
 from recon_pipeline.stores.schema import reconciliation_mismatches as mismatches_table
 from recon_pipeline.stores.schema import reconciliation_reports as reports_table
 from recon_pipeline.stores.source import Row, mark_sync
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INSERT_BATCH = 1000
 
@@ -191,3 +196,125 @@ def set_status_where(engine: sa.Engine, report_id: int, status: str, *,
     with engine.begin() as conn:
         return conn.execute(m.update().where(m.c.report_id == report_id, m.c.kind.in_(kinds))
                             .values(repair_status=status)).rowcount
+
+
+# --- What the operator reads: the drift by field, the mismatches line by line, history ---
+
+MISMATCH_LINE_COLUMNS = ("entity", "key", "kind", "field", "source_value", "target_value",
+                         "repair_status", "repair_error")
+
+
+@dataclass(frozen=True, slots=True)
+class MismatchLine:
+    """One mismatch as an operator reads it: a field mismatch gives one line per drifted
+    field; a missing or orphan record one line with no field. Values are JSON text
+    (`null`: a NULL or absent value; `"5"` a string, `5` a number)."""
+
+    entity: str
+    key: str
+    kind: str
+    field: str
+    source_value: str
+    target_value: str
+    repair_status: str
+    repair_error: str
+
+    def as_tuple(self) -> tuple[str, ...]:
+        return (self.entity, self.key, self.kind, self.field, self.source_value,
+                self.target_value, self.repair_status, self.repair_error)
+
+
+def _fields_object(fields: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """`fields`, or `{}` where it holds no object (JSON `null` for a missing or orphan
+    record): what the set-returning JSON functions may be given."""
+    return sa.case((sa.func.jsonb_typeof(fields) == "object", fields),
+                   else_=sa.text("'{}'::jsonb"))
+
+
+def _mismatch_lines_query(report_id: int, limit: int | None = None) -> sa.Select[Any]:
+    t = mismatches_table
+    chosen = sa.select(t).where(t.c.report_id == report_id)
+    if limit is not None:
+        # Every mismatch gives at least one line, so the first `limit` lines come from the
+        # first `limit` mismatches: only theirs are expanded and sorted.
+        chosen = chosen.order_by(t.c.id).limit(limit)
+    m = chosen.subquery("m")
+    drifted = sa.func.jsonb_each(_fields_object(m.c.fields)).table_valued(
+        sa.column("key", sa.Text), sa.column("value", JSONB)).lateral("drifted")
+    query = (sa.select(m.c.entity, m.c.record_key, m.c.kind, drifted.c.key.label("field"),
+                       drifted.c.value["source"].label("source_value"),
+                       drifted.c.value["target"].label("target_value"),
+                       m.c.repair_status, m.c.repair_error)
+             .select_from(m.outerjoin(drifted, sa.true()))
+             .order_by(m.c.id, drifted.c.key))
+    return query if limit is None else query.limit(limit)
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _line(row: sa.Row[Any]) -> MismatchLine:
+    return MismatchLine(row.entity, row.record_key, row.kind, row.field or "",
+                        _json_text(row.source_value) if row.field else "",
+                        _json_text(row.target_value) if row.field else "",
+                        row.repair_status, row.repair_error or "")
+
+
+def mismatch_lines(engine: sa.Engine, report_id: int,
+                   limit: int | None = None) -> list[MismatchLine]:
+    """The first `limit` lines (all when None) of the report's mismatches, in id order."""
+    with engine.connect() as conn:
+        return [_line(row) for row in conn.execute(
+            _mismatch_lines_query(report_id, limit))]
+
+
+def iter_mismatch_lines(engine: sa.Engine, report_id: int,
+                        batch: int = 5000) -> Iterator[MismatchLine]:
+    """Every line of the report's mismatches, streamed (a server-side cursor): a report
+    with a million mismatches is listed in flat memory."""
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(
+            _mismatch_lines_query(report_id))
+        for row in result:
+            yield _line(row)
+
+
+def report_exists(engine: sa.Engine, report_id: int) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.literal(1)).where(
+            reports_table.c.id == report_id)).first() is not None
+
+
+def field_drift(engine: sa.Engine, report_id: int) -> list[tuple[str, str, int]]:
+    """(entity, field, mismatches) over the report's field mismatches: which target
+    fields drift, most drifted first within each entity."""
+    m = mismatches_table.c
+    field = sa.func.jsonb_object_keys(_fields_object(m.fields)).table_valued(
+        "name").lateral("field")
+    count = sa.func.count().label("mismatches")
+    with engine.connect() as conn:
+        return [(r.entity, r.name, int(r.mismatches)) for r in conn.execute(
+            sa.select(m.entity, field.c.name, count)
+            .select_from(mismatches_table.join(field, sa.true()))
+            .where(m.report_id == report_id, m.kind == "field_mismatch")
+            .group_by(m.entity, field.c.name)
+            .order_by(m.entity, count.desc(), field.c.name))]
+
+
+HISTORY_COLUMNS = ("id", "records_checked", "mismatches_found")
+
+
+def finished_history(engine: sa.Engine, report_id: int, *, full_scan: bool,
+                     last: int) -> pd.DataFrame:
+    """The `last` most recent finished reports of the same kind (full scan or windowed)
+    as a DataFrame of HISTORY_COLUMNS, the report `report_id` itself left out."""
+    import pandas as pd  # only the report step needs it: every other import stays light
+
+    r = reports_table.c
+    query = (sa.select(*(r[name] for name in HISTORY_COLUMNS))
+             .where(r.finished_at.is_not(None), r.full_scan.is_(full_scan),
+                    r.id != report_id)
+             .order_by(r.started_at.desc(), r.id.desc()).limit(last))
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(query).all(), columns=list(HISTORY_COLUMNS))

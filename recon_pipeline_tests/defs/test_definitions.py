@@ -21,7 +21,8 @@ def test_reconciliation_report_wiring() -> None:
     assert asset.partitions_def.get_first_partition_key() == "2026-01-01-00:00"
     assert sorted(key.name for key in asset.check_keys) == sorted([
         "no_unrepaired_mismatches", "mismatch_rate_below_threshold",
-        "outbox_has_no_dead_letters", "mongo_reachable", "outbox_backlog_fresh"])
+        "outbox_has_no_dead_letters", "mongo_reachable", "outbox_backlog_fresh",
+        "mismatch_rate_in_usual_range"])
     ops = list(job.graph.nodes[0].definition.iterate_op_defs())  # type: ignore[attr-defined]
     assert len(ops) == 8 and {op.pool for op in ops} == {"reconciliation"}
 

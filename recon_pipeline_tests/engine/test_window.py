@@ -51,3 +51,13 @@ def test_contains_is_half_open_and_full_scan_takes_everything_settled() -> None:
     full = RunWindow(start, end, full_scan=True)
     assert full.contains(datetime(2020, 1, 1, tzinfo=UTC)) and full.contains(None)
     assert not full.contains(end)  # inside the settle period: not judged yet
+
+
+def test_zero_lookback_judges_exactly_the_partition_range() -> None:
+    start, end = datetime(2026, 2, 28, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC)  # a day
+    from_config = compute_window(SETTINGS, NOW, range_start=start, range_end=end,
+                                 lookback_hours=0)
+    from_settings = compute_window(Settings(lookback_hours=0, settle_seconds=60), NOW,
+                                   range_start=start, range_end=end)
+    assert (from_config.start, from_config.end) == (from_settings.start, from_settings.end) == (
+        start, end)

@@ -76,6 +76,7 @@ class CeleryDeployment:
     env: dict[str, str]
     workers: tuple[Worker, ...]
     queue: str
+    run: subprocess.Popen[str]  # the celery run's process, loaded, waiting for a line
 
 
 def celery_env(pg_url: str, mongo_db: Database[Any], home: dict[str, str]) -> dict[str, str]:
@@ -157,10 +158,14 @@ def deployment(pg_url: str, mongo_db: Database[Any], dagster_postgres_url: str,
                                                            dagster_postgres_url))
     workers = tuple(start_worker(name, config_yaml, queue, env, tmp_path / f"{name}.log")
                     for name in WORKERS)
+    run = start_celery_run(config_yaml, env)  # loads while the workers start
     try:
         wait_until_ready(workers)
-        yield CeleryDeployment(config_yaml, env, workers, queue)
+        yield CeleryDeployment(config_yaml, env, workers, queue, run)
     finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
         for worker in workers:
             stop(worker)
         delete_queue(queue)
@@ -171,6 +176,8 @@ CELERY_RUN = textwrap.dedent("""
     from dagster import DagsterInstance, execute_job, reconstructable
     from recon_pipeline.cli.runner import reconciliation_job_def
     run_config, partition = json.loads(sys.argv[1]), sys.argv[2]
+    assert reconciliation_job_def().executor_def.name == "celery"
+    sys.stdin.readline()  # the test's go, once the data is seeded
     with DagsterInstance.get() as instance:
         result = execute_job(reconstructable(reconciliation_job_def), instance=instance,
                              run_config=run_config, tags={"dagster/partition": partition})
@@ -178,15 +185,15 @@ CELERY_RUN = textwrap.dedent("""
 """)
 
 
-def start_celery_run(deployment: CeleryDeployment) -> subprocess.Popen[str]:
+def start_celery_run(config_yaml: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     """The run as the daemon's run process starts it: the code location loaded with
-    `RECON_EXECUTOR=celery`, the run config carrying the workers' celery.yaml."""
-    run_config = {**recon_pipeline.run_config(**WINDOW),
-                  **yaml.safe_load(deployment.config_yaml.read_text())}
+    `RECON_EXECUTOR=celery`, the run config carrying the workers' celery.yaml. It starts
+    the run when it reads a line."""
+    run_config = {**recon_pipeline.run_config(**WINDOW), **yaml.safe_load(config_yaml.read_text())}
     return subprocess.Popen(
         [sys.executable, "-c", CELERY_RUN, json.dumps(run_config, default=str), PARTITION],
-        env=deployment.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
 
 
 def step_keys_by_worker(run_id: str, env: dict[str, str]) -> dict[str, set[str]]:
@@ -215,9 +222,9 @@ def test_a_celery_run_on_two_workers_counts_as_in_process_and_never_overlaps_ano
     launcher = once_a_run_holds_the_lock(
         pg_engine, lambda: in_process.append(in_process_run(pg_url, mongo_db,
                                                             wait_seconds=600)))
-    celery_run = start_celery_run(deployment)
+    celery_run = deployment.run
     try:
-        out, err = celery_run.communicate(timeout=DEADLINE_SECONDS)
+        out, err = celery_run.communicate("go\n", timeout=DEADLINE_SECONDS)
     finally:
         launcher.join(timeout=DEADLINE_SECONDS)
     assert celery_run.returncode == 0, err
@@ -249,3 +256,21 @@ def test_a_celery_run_on_two_workers_counts_as_in_process_and_never_overlaps_ano
         step_pids[worker.name] = set(succeeded.values())
     assert step_pids[WORKERS[0]].isdisjoint(step_pids[WORKERS[1]]), step_pids
     assert not {os.getpid(), celery_run.pid} & set().union(*step_pids.values()), step_pids
+
+
+def test_recon_executor_selects_the_executor_and_names_what_it_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from recon_pipeline.defs.executors import selected_executor
+
+    monkeypatch.delenv("RECON_EXECUTOR", raising=False)
+    assert selected_executor() is None  # Dagster's default: the multiprocess executor
+    monkeypatch.setenv("RECON_EXECUTOR", "multiprocess")
+    assert selected_executor() is None
+    monkeypatch.setenv("RECON_EXECUTOR", " Celery ")
+    executor = selected_executor()
+    assert executor is not None and executor.name == "celery"
+    monkeypatch.setenv("RECON_EXECUTOR", "k8s")
+    with pytest.raises(ValueError, match="RECON_EXECUTOR='k8s': expected 'celery', "
+                       "'multiprocess' or unset"):
+        selected_executor()

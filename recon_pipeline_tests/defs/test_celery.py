@@ -152,7 +152,9 @@ def deployment(pg_url: str, mongo_db: Database[Any], dagster_postgres_url: str,
         "backend": "rpc://",
         # A worker takes the next step only when its step is done, so parallel chunks
         # spread over both workers.
-        "config_source": {"task_default_queue": queue, "task_acks_late": True},
+        "config_source": {"task_default_queue": queue, "task_acks_late": True,
+                          # The processes' rpc:// reply queues go a minute after their use.
+                          "result_expires": 60},
     }}}))
     env = celery_env(pg_url, mongo_db, write_dagster_home(tmp_path / "home",
                                                            dagster_postgres_url))

@@ -1,32 +1,43 @@
 """A windowed run reads what the window holds, never the whole source table or collection
 (issue 12, SPEC 10: no whole-table count, scan or sort in a windowed run); a full scan in
-process is one chunk per entity, with no chunk-bound query."""
+process, and any run on the embedded server, is one chunk per entity, with no chunk-bound
+query."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
 from pymongo import monitoring
 from pymongo.database import Database
 from sqlalchemy.pool import NullPool
 
+import recon_pipeline
+from recon_pipeline.cli.runner import reconciliation_job_def
 from recon_pipeline.defs import resources
+from recon_pipeline.defs.partitions import last_complete_hour
 from recon_pipeline.engine.projection import nest, projected_fields, row_version
 from recon_pipeline.model.mapping import ReconConfig
+from recon_pipeline.stores import reports
 from recon_pipeline.stores.mongo import create_client
 from recon_pipeline.stores.source import stream_rows
 from recon_pipeline.stores.target import VERSION_FIELD, ensure_target_indexes
+from recon_pipeline_tests.conftest import ServerUrls, mongo_url_of
 from recon_pipeline_tests.dagster_support import (
+    SEED_NOW,
     WINDOW_END,
     WINDOW_START,
+    mapping_with,
     report_of,
     run_job,
     seed,
+    write_dagster_home,
 )
 
 ENTITY = "incoming_emails"
@@ -179,3 +190,34 @@ def test_a_full_scan_in_process_is_one_chunk_per_entity_without_bound_queries(
     counted = [s for s in seen if "row_number" in s
                or ("count(" in s.lower() and any(t in s for t in tables))]
     assert counted == []
+
+
+def test_a_multiprocess_run_on_the_embedded_server_is_one_chunk_per_entity(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], config: ReconConfig,
+    dagster_postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    servers: ServerUrls
+) -> None:
+    """Out of process, chunks would run in parallel; but secantusdb scans the whole
+    collection for each key range, so `chunk_size` (10 here) does not split the scan."""
+    if servers.mongodb_port is None:
+        pytest.skip("MONGODB_URL names another server: it may serve key ranges")
+    mapping = mapping_with(tmp_path, chunk_size=10)
+    seeded = seed(pg_engine, mongo_db, config, clients=12)
+    for name, value in {"DATABASE_URL": pg_url, "MONGODB_URL": mongo_url_of(mongo_db),
+                        "MONGODB_DATABASE": mongo_db.name, "RECON_CONFIG": str(mapping),
+                        **write_dagster_home(tmp_path / "home", dagster_postgres_url)}.items():
+        monkeypatch.setenv(name, value)
+    with DagsterInstance.get() as instance:
+        result = execute_job(
+            reconstructable(reconciliation_job_def), instance=instance,
+            tags={"dagster/partition": last_complete_hour(SEED_NOW)},
+            run_config={**recon_pipeline.run_config(window_start=WINDOW_START,
+                                                    window_end=WINDOW_END),
+                        "execution": {"config": {"multiprocess": {"max_concurrent": 2}}}})
+        assert result.success
+        steps = {e.step_key for e in instance.all_logs(result.run_id)
+                 if e.dagster_event and e.dagster_event.event_type
+                 == DagsterEventType.STEP_START and e.step_key}
+    assert len([s for s in steps if "diff_chunk_op[" in s]) == len(config.entities)
+    [row] = reports.recent_reports(pg_engine, 1)
+    assert {n: row[n] for n in seeded.counts} == seeded.counts

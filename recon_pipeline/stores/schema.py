@@ -276,8 +276,8 @@ def ensure_updated_at_indexes(engine: sa.Engine, entities: Iterable[EntityMappin
     Returns what was created."""
     wanted: dict[str, tuple[sa.Index, bool]] = {}
     for entity in entities:
-        if not updated_at_index_missing(engine, entity):
-            continue
+        if not updated_at_index_missing(engine, entity) or _partitioned(engine, entity):
+            continue  # a partitioned table cannot be indexed concurrently: the run warns
         index = updated_at_index(entity)
         wanted[str(index.name)] = (index, _invalid(engine, str(index.name)))
     created: list[str] = []
@@ -295,3 +295,10 @@ def _invalid(engine: sa.Engine, name: str) -> bool:
             "select exists (select 1 from pg_index"
             " where indexrelid = to_regclass(quote_ident(:n)) and not indisvalid)"),
             {"n": name}).scalar() is True
+
+
+def _partitioned(engine: sa.Engine, entity: EntityMapping) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(
+            "select relkind = 'p' from pg_class where oid = to_regclass(quote_ident(:t))"),
+            {"t": entity.source.table}).scalar() is True

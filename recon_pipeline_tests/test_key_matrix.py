@@ -26,6 +26,7 @@ from pymongo.database import Database
 import recon_pipeline
 from recon_pipeline.cli.main import main
 from recon_pipeline.definitions import defs
+from recon_pipeline.defs.ops import KEY_RANGE_CHUNKS_TAG
 from recon_pipeline.engine.extract import AccessPath, plan_entity
 from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.model.mapping import MappingError
@@ -229,9 +230,11 @@ def execute(pg_url: str, mongo_db: Database[Any], mapping: Path,
     job = defs.resolve_job_def("reconciliation_job")
     options = options or {"window_start": WINDOW_START, "window_end": WINDOW_END}
     with DagsterInstance.ephemeral() as instance:
+        # Key-range chunks even in process: bounded chunks are what these cases check.
         return job.execute_in_process(
             run_config=recon_pipeline.run_config(**options), instance=instance,
-            resources=test_resources(pg_url, mongo_db, mapping), raise_on_error=False)
+            resources=test_resources(pg_url, mongo_db, mapping), raise_on_error=False,
+            tags={KEY_RANGE_CHUNKS_TAG: "true"})
 
 
 def latest_report(engine: sa.Engine) -> dict[str, Any]:
@@ -273,7 +276,7 @@ def test_key_matrix_drift_is_found_repaired_and_then_clean(
     mapping = write_mapping(tmp_path, case)
     products, items = seed(pg_engine, mongo_db, case, mapping)
     plan = plan_entity(pg_engine, load_mapping(mapping, pg_engine).entity("products"),
-                       RunWindow(WINDOW_START, WINDOW_END), chunk_size=7)
+                       RunWindow(WINDOW_START, WINDOW_END), chunk_size=7, key_ranges=True)
     assert {c.access for c in plan} == {AccessPath.LOOKUP if case.sparse else AccessPath.SCAN}
     assert len(plan) == 3  # bounded chunks: first, middle, last
 

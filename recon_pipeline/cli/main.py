@@ -25,7 +25,7 @@ from recon_pipeline.model.mapping import (
 from recon_pipeline.model.masking import mask_text, mask_url
 from recon_pipeline.stores.mongo import MongoUnavailable, connect_database
 from recon_pipeline.stores.postgres import DatabaseUnavailable, connect_engine, load_mapping
-from recon_pipeline.stores.schema import init_schema
+from recon_pipeline.stores.schema import ensure_updated_at_indexes, init_schema
 from recon_pipeline.stores.target import KeyIndexError, ensure_target_indexes
 
 
@@ -41,6 +41,8 @@ def cmd_db_init(args: argparse.Namespace, env: Environment) -> int:
             _print(f"created {item}")
         _print(f"schema ready at {mask_url(env.database_url)} ({len(created)} objects created)")
         config = load_config(env, engine)
+        for item in ensure_updated_at_indexes(engine, config.entities):
+            _print(f"created {item}")
     finally:
         engine.dispose()
     try:

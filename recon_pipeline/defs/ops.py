@@ -21,6 +21,7 @@ from dagster import (
     OpExecutionContext,
     Out,
     Output,
+    multi_or_in_process_executor,
     op,
 )
 
@@ -34,7 +35,7 @@ from recon_pipeline.defs.checks import (
 from recon_pipeline.defs.config import ReconciliationConfig, run_window
 from recon_pipeline.defs.metadata import SAMPLE_ROWS, report_metadata
 from recon_pipeline.defs.resources import MappingResource, MongoResource, PostgresResource, RunLock
-from recon_pipeline.engine.extract import ChunkPlan, ChunkResult, plan_chunks
+from recon_pipeline.engine.extract import ChunkPlan, ChunkResult, key_range_chunks, plan_chunks
 from recon_pipeline.engine.repair import repair_batch
 from recon_pipeline.engine.report import (
     finish_report,
@@ -53,8 +54,10 @@ from recon_pipeline.engine.run_steps import (
 )
 from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.stores import reports
-from recon_pipeline.stores.mongo import reachable
+from recon_pipeline.stores.mongo import reachable, serves_key_ranges
 from recon_pipeline.stores.outbox import dead_letters, outbox_backlog
+from recon_pipeline.stores.schema import missing_index_warning
+from recon_pipeline.stores.source import updated_at_index_missing
 
 POOL = "reconciliation"
 
@@ -128,14 +131,59 @@ def retry_outbox(context: OpExecutionContext, ticket: RunTicket, postgres: Postg
     return counts
 
 
+# Run tag forcing the chunk plan: "true" plans key-range chunks, "false" one chunk per
+# entity, whatever the executor and server (tests use it to exercise bounded chunks).
+KEY_RANGE_CHUNKS_TAG = "recon_pipeline/key_range_chunks"
+# Executors that run every step in the run's own process (`execute_in_process` foists
+# the second onto the job; the default executor runs in process when configured so).
+IN_PROCESS_EXECUTORS = frozenset({"in_process", "execute_in_process_executor"})
+
+
+def runs_steps_in_process(context: OpExecutionContext) -> bool:
+    """Whether this run's steps all run in one process, one after the other: then chunks
+    gain nothing (memory is bounded by streaming either way). Read from the job's
+    executor and the run config's `execution` block: the multiprocess, celery, docker
+    and k8s executors run steps out of process."""
+    executor = context.job_def.executor_def.name
+    if executor in IN_PROCESS_EXECUTORS:
+        return True
+    if executor != multi_or_in_process_executor.name:
+        return False
+    execution = context.run_config.get("execution") or {}
+    chosen = execution.get("config") if isinstance(execution, dict) else None
+    return isinstance(chosen, dict) and "in_process" in chosen
+
+
+def wants_key_ranges(context: OpExecutionContext, mongo: MongoResource) -> bool:
+    """See `key_range_chunks`; the run tag KEY_RANGE_CHUNKS_TAG overrides it."""
+    forced = context.run_tags.get(KEY_RANGE_CHUNKS_TAG)
+    if forced is not None:
+        return forced.strip().lower() == "true"
+    parallel = not runs_steps_in_process(context)
+    return key_range_chunks(  # the server is asked only when it matters
+        parallel=parallel,
+        server_serves_ranges=parallel and serves_key_ranges(mongo.unchecked_database))
+
+
 @op(pool=POOL, ins={"after_outbox": In(Nothing)}, out=DynamicOut(ChunkTask))
 def plan_chunks_op(context: OpExecutionContext, ticket: RunTicket, postgres: PostgresResource,
+                   mongo: MongoResource,
                    mapping: MappingResource) -> Iterator[DynamicOutput[ChunkTask]]:
     if not ticket.mongo_available:
         context.log.warning("MongoDB unreachable: extraction, diff and repair skipped")
         return
     engine = postgres.engine
-    chunks = plan_chunks(engine, mapping.load(engine), ticket.window, ticket.entities)
+    config = mapping.load(engine)
+    if not ticket.window.full_scan:
+        for name in ticket.entities:
+            entity = config.entity(name)
+            if updated_at_index_missing(engine, entity):
+                context.log.warning(missing_index_warning(entity))
+    key_ranges = wants_key_ranges(context, mongo)
+    chunks = plan_chunks(engine, config, ticket.window, ticket.entities,
+                         key_ranges=key_ranges)
+    context.log.info(f"planned {len(chunks)} chunks "
+                     f"({'key ranges' if key_ranges else 'one per entity'})")
     for chunk in chunks:
         yield DynamicOutput(ChunkTask(ticket, chunk), mapping_key=chunk.name)
 

@@ -1,8 +1,9 @@
 """Snapshot extraction and diff, chunk by chunk.
 
-A run is planned into coarse chunks: per entity, key ranges of about `chunk_size` source
-rows. Each chunk picks its access path: `scan` (one sorted cursor on each side and a
-streaming merge-join: full scans and dense windows) or `lookup` (source rows of the
+A run is planned into coarse chunks: one per entity, or, where chunks run in parallel on
+a server that reads key ranges from an index, key ranges of about `chunk_size` source rows
+(see `plan_entity`). Each chunk picks its access path: `scan` (one sorted cursor on each
+side and a streaming merge-join: full scans and dense windows) or `lookup` (source rows of the
 window, their targets fetched in small `$in` batches: sparse windows). Mismatches go to
 `reconciliation_mismatches` as they are found, so memory is bounded by a batch.
 """
@@ -10,6 +11,7 @@ window, their targets fetched in small `$in` batches: sparse windows). Mismatche
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +34,14 @@ from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.model.mapping import EntityMapping, ReconConfig
 from recon_pipeline.model.normalize import is_key, order_key
 from recon_pipeline.stores import reports
-from recon_pipeline.stores.source import chunk_bounds, count_rows, existing_merge_keys, stream_rows
+from recon_pipeline.stores.source import (
+    chunk_bounds,
+    count_rows_upto,
+    count_window,
+    estimate_rows,
+    existing_merge_keys,
+    stream_rows,
+)
 from recon_pipeline.stores.target import (
     IN_BATCH,
     TargetRecord,
@@ -60,7 +69,7 @@ class ChunkPlan:
     lower: Any  # exclusive bound on the document (parent) key; None: unbounded
     upper: Any  # inclusive bound; None: unbounded
     access: AccessPath
-    rows: int  # rows in the whole entity window (for the plan's display)
+    rows: int | None  # rows in the whole entity window, when counted (for display)
 
     @property
     def name(self) -> str:
@@ -77,22 +86,59 @@ class ChunkResult:
     error: str | None = None
 
 
+def key_range_chunks(*, parallel: bool, server_serves_ranges: bool) -> bool:
+    """Whether to split entities into key ranges: only when the chunks run in parallel
+    (an out-of-process executor: in one process they run one after another and memory is
+    bounded by streaming anyway) and the MongoDB server reads a key range from an index
+    (the embedded secantusdb scans the whole collection for each range: N chunks would
+    cost N scans)."""
+    return parallel and server_serves_ranges
+
+
 def plan_entity(engine: sa.Engine, entity: EntityMapping, window: RunWindow,
-                chunk_size: int) -> list[ChunkPlan]:
+                chunk_size: int, *, key_ranges: bool = False) -> list[ChunkPlan]:
+    """The entity's chunks. One chunk (no bound query at all for a full scan) unless
+    `key_ranges`: then key ranges of about `chunk_size` rows, which only pay where they
+    run in parallel (an out-of-process executor) on a server that reads a key range from
+    an index; elsewhere each range would cost another scan of the collection.
+
+    A windowed run reads what the window holds, never the whole table: the window's rows
+    are counted over the `updated_at` index and the table's size is the catalog's
+    estimate (see `_dense`)."""
     start, end = (None, None) if window.full_scan else (window.start, window.end)
-    rows, bounds = chunk_bounds(engine, entity, start=start, end=end, chunk_size=chunk_size)
-    dense = window.full_scan or rows >= DENSE_FRACTION * max(count_rows(engine, entity), 1)
+    rows: int | None
+    if key_ranges:
+        rows, bounds = chunk_bounds(engine, entity, start=start, end=end,
+                                    chunk_size=chunk_size)
+    elif window.full_scan:
+        rows, bounds = None, []
+    else:
+        rows, bounds = count_window(engine, entity, start=start, end=end), []
+    dense = window.full_scan or _dense(engine, entity, rows or 0)
     access = AccessPath.SCAN if dense else AccessPath.LOOKUP
     edges: list[Any] = [None, *bounds, None]
     return [ChunkPlan(entity.name, i, lower, upper, access, rows)
             for i, (lower, upper) in enumerate(zip(edges, edges[1:], strict=False))]
 
 
+def _dense(engine: sa.Engine, entity: EntityMapping, rows: int) -> bool:
+    """Whether a window of `rows` rows holds at least DENSE_FRACTION of the table. The
+    table's size is PostgreSQL's estimate (a catalog read); a table never analysed is
+    counted only up to the size that would make the window sparse, so this costs at
+    most `rows / DENSE_FRACTION` rows read, never the whole table."""
+    if rows == 0:
+        return False
+    table = estimate_rows(engine, entity)
+    if table is None:
+        table = count_rows_upto(engine, entity, math.floor(rows / DENSE_FRACTION) + 1)
+    return rows >= DENSE_FRACTION * max(table, 1)
+
+
 def plan_chunks(engine: sa.Engine, config: ReconConfig, window: RunWindow,
-                entities: Iterable[str]) -> list[ChunkPlan]:
+                entities: Iterable[str], *, key_ranges: bool = False) -> list[ChunkPlan]:
     return [chunk for name in entities
             for chunk in plan_entity(engine, config.entity(name), window,
-                                     config.settings.chunk_size)]
+                                     config.settings.chunk_size, key_ranges=key_ranges)]
 
 
 def _in_bounds(chunk: ChunkPlan, bound: Any) -> bool:

@@ -13,6 +13,10 @@ from recon_pipeline.model.masking import mask_text, mask_url, url_secrets
 
 Document = dict[str, Any]
 SERVER_SELECTION_TIMEOUT_MS = 5000
+# The embedded server (secantusdb) names its own version in `buildInfo` under this key (it
+# reports itself as MongoDB 8.2 otherwise): it answers a query bounded on `_id` by scanning
+# the whole collection (EMBEDDED_MONGODB.md).
+SECANTUS_BUILD_KEY = "secantusVersion"
 
 
 class MongoUnavailable(RuntimeError):
@@ -64,3 +68,16 @@ def reachable(db: Database[Document]) -> bool:
         return True
     except PyMongoError:
         return False
+
+
+def serves_key_ranges(db: Database[Document]) -> bool:
+    """Whether the server answers a query bounded on the key (`$gt`/`$lte`) from an index,
+    so that N key-range chunks cost about one scan: a mongod does; the embedded
+    secantusdb scans the whole collection for each range. One `buildInfo` round trip; a
+    server that does not answer is taken as not serving them (one chunk is always
+    correct)."""
+    try:
+        build = db.client.admin.command("buildInfo")
+    except PyMongoError:
+        return False
+    return SECANTUS_BUILD_KEY not in build

@@ -157,11 +157,57 @@ def chunk_bounds(engine: sa.Engine, entity: EntityMapping, *, start: datetime | 
     return int(total), bounds
 
 
-def count_rows(engine: sa.Engine, entity: EntityMapping) -> int:
+def count_window(engine: sa.Engine, entity: EntityMapping, *, start: datetime | None,
+                 end: datetime | None) -> int:
+    """Rows whose `updated_at` is in the window: read from the `updated_at` index when
+    the table has one (`db init` creates it), never the whole table's rows."""
     source = SourceTable.of(entity)
+    query = sa.select(sa.func.count()).select_from(source.table).where(
+        *source.in_window(start, end))
     with engine.connect() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(source.table))
-                   .scalar_one())
+        return int(conn.execute(query).scalar_one())
+
+
+def estimate_rows(engine: sa.Engine, entity: EntityMapping) -> int | None:
+    """PostgreSQL's own estimate of the table's rows, from the catalog (no scan): the last
+    ANALYZE's rows per page times the pages the table holds now, as the planner scales
+    it. None when the table was never analysed (or is not a table the catalog sizes)."""
+    query = sa.text(
+        "select c.reltuples, c.relpages,"
+        " pg_relation_size(c.oid) / current_setting('block_size')::bigint"
+        " from pg_class c where c.oid = to_regclass(quote_ident(:t))")
+    with engine.connect() as conn:
+        found = conn.execute(query, {"t": entity.source.table}).first()
+    if found is None or found[0] < 0:
+        return None
+    tuples, pages, pages_now = float(found[0]), int(found[1]), int(found[2] or 0)
+    if pages > 0:
+        return round(tuples / pages * pages_now)
+    return None if pages_now > 0 else round(tuples)  # analysed empty, filled since: unknown
+
+
+def count_rows_upto(engine: sa.Engine, entity: EntityMapping, limit: int) -> int:
+    """The table's rows, counted up to `limit`: a scan that stops there, so its cost is
+    bounded by `limit` rows whatever the table holds."""
+    source = SourceTable.of(entity)
+    first = sa.select(sa.literal(1)).select_from(source.table).limit(limit).subquery()
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(first)).scalar_one())
+
+
+def updated_at_index_missing(engine: sa.Engine, entity: EntityMapping) -> bool:
+    """Whether no valid index of the table leads with the mapped `updated_at` column: a
+    windowed run then reads the whole table on every run. False for a relation that is
+    not a plain or partitioned table (a view: its tables' indexes serve it, or not)."""
+    query = sa.text(
+        "select c.relkind in ('r', 'p') and not exists ("
+        "  select 1 from pg_index i join pg_attribute a"
+        "    on a.attrelid = i.indrelid and a.attnum = i.indkey[0]"
+        "  where i.indrelid = c.oid and i.indisvalid and a.attname = :col)"
+        " from pg_class c where c.oid = to_regclass(quote_ident(:t))")
+    with engine.connect() as conn:
+        return bool(conn.execute(query, {"t": entity.source.table,
+                                         "col": entity.source.updated_at}).scalar())
 
 
 def mark_sync(conn: sa.Connection, entity: EntityMapping, keys: Sequence[Any], *,

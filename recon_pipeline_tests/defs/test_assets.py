@@ -21,6 +21,7 @@ from pymongo.database import Database
 import recon_pipeline
 from recon_pipeline.cli.runner import reconciliation_job_def
 from recon_pipeline.definitions import defs
+from recon_pipeline.defs.ops import KEY_RANGE_CHUNKS_TAG
 from recon_pipeline.defs.partitions import last_complete_hour
 from recon_pipeline.defs.resources import RunLock
 from recon_pipeline.model.mapping import ReconConfig
@@ -189,7 +190,8 @@ def test_multiprocess_run_with_several_chunks_reports_the_same_counts(
     with DagsterInstance.get() as instance:
         result = execute_job(
             reconstructable(reconciliation_job_def), instance=instance,
-            tags={"dagster/partition": PARTITION},
+            # Key ranges forced: the embedded server would get one chunk per entity.
+            tags={"dagster/partition": PARTITION, KEY_RANGE_CHUNKS_TAG: "true"},
             run_config={**run_config,
                         "execution": {"config": {"multiprocess": {"max_concurrent": 2}}}})
         assert result.success

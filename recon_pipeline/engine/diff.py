@@ -79,13 +79,17 @@ def row_parent(entity: EntityMapping, row: Mapping[str, Any]) -> Any:
     return row[embedded.parent_key] if embedded else None
 
 
+_QUICK = {kind: quick_equal(kind) for kind in ValueKind}
+
+
 def field_differences(entity: EntityMapping, row: Mapping[str, Any],
                       record: TargetLike) -> dict[str, dict[str, Any]]:
     values = record.values
     differences: dict[str, dict[str, Any]] = {}
     for column, path, _, kind, tolerance in entity.compare_plan:
         source, target = row[column], values.get(path, MISSING)
-        if not values_equal(source, target, kind, tolerance):
+        if not (_QUICK[kind](source, target)
+                or values_equal(source, target, kind, tolerance)):
             differences[path] = {"source": json_value(source), "target": json_value(target)}
     return differences
 
@@ -136,29 +140,28 @@ def _plain_type(kind: ValueKind) -> type | None:
     return {ValueKind.INTEGER: int, ValueKind.TEXT: str}.get(kind)
 
 
-def _document_nodes(entity: EntityMapping, documents: Iterable[Sequence[Document]]
-                    ) -> Iterator[_Node]:
-    """The records of documents in the store's order (`scan_target_documents`), elements
-    of one parent in element-key order, each with its merge order."""
+def _batch_nodes(entity: EntityMapping, batch: Sequence[Document]) -> list[_Node]:
+    """The records of a batch of documents in the store's order (`scan_target_documents`),
+    elements of one parent in element-key order, each with its merge order."""
     kind, embedded = entity.key_kind, entity.target.embedded
+    nodes: list[_Node] = []
     if embedded is None:
         field_name, plain = entity.target.key, _plain_type(kind)
-        for batch in documents:
-            for document in batch:
-                key = document.get(field_name)
-                if type(key) is plain:
-                    yield key, key, None, document
-                else:  # as `nodes_of` reads it
-                    [(key, _, _)] = nodes_of(entity, document)
-                    yield merge_order(key, kind), key, None, document
-        return
-    parent_kind = entity.parent_key_kind
-    for batch in documents:
         for document in batch:
-            yield from sorted((((merge_order(parent, parent_kind), merge_order(key, kind)),
-                                key, parent, node)
-                               for key, parent, node in nodes_of(entity, document)),
-                              key=_first)
+            key = document.get(field_name)
+            if type(key) is plain:
+                nodes.append((key, key, None, document))
+            else:  # as `nodes_of` reads it
+                [(key, _, _)] = nodes_of(entity, document)
+                nodes.append((merge_order(key, kind), key, None, document))
+        return nodes
+    parent_kind = entity.parent_key_kind
+    for document in batch:
+        nodes += sorted((((merge_order(parent, parent_kind), merge_order(key, kind)),
+                          key, parent, node)
+                         for key, parent, node in nodes_of(entity, document)),
+                        key=_first)
+    return nodes
 
 
 def _first(node: _Node) -> Any:
@@ -216,7 +219,7 @@ def diff_sorted(entity: EntityMapping, rows: Iterable[Sequence[Sequence[Any]]],
         return record_from(entity, node[1], node[2], node[3])
 
     row_iter = chain.from_iterable(rows)
-    node_iter = _document_nodes(entity, documents)
+    node_iter = chain.from_iterable(_batch_nodes(entity, batch) for batch in documents)
     row, node = next(row_iter, None), next(node_iter, None)
     row_at: Any = row_order(row) if row is not None else None
     checked = 0
@@ -242,7 +245,10 @@ def diff_sorted(entity: EntityMapping, rows: Iterable[Sequence[Sequence[Any]]],
                             yield mismatch
                 node = next(node_iter, None)
             row = next(row_iter, None)
-            row_at = row_order(row) if row is not None else None
+            if row is not None:
+                row_at = row[key_at]
+                if parent_at >= 0 or type(row_at) is not plain:
+                    row_at = row_order(row)
         while node is not None:
             yield record(node)
             node = next(node_iter, None)

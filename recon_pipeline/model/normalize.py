@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 from bson.binary import UUID_SUBTYPE, Binary
 from bson.decimal128 import Decimal128
 from bson.objectid import ObjectId
+from bson.tz_util import utc as BSON_UTC
 from sqlalchemy import types as sqltypes
 
 _PLAIN_TYPES = frozenset({str, int, bool})
@@ -185,6 +186,17 @@ def _quick_plain(source: object, target: object) -> bool:
 
 def _quick_datetime(source: object, target: object) -> bool:
     if type(source) is dt.datetime and type(target) is dt.datetime:
+        if source.tzinfo is dt.UTC and target.tzinfo is BSON_UTC:  # type: ignore[attr-defined]
+            # What psycopg (session in UTC) and pymongo (tz_aware) deliver: both offsets
+            # are zero, so the same millisecond is the same fields. Arithmetic between the
+            # two would call bson's Python `utcoffset` for every value.
+            return (source.microsecond // 1000 == target.microsecond // 1000  # type: ignore[attr-defined]
+                    and source.second == target.second  # type: ignore[attr-defined]
+                    and source.minute == target.minute  # type: ignore[attr-defined]
+                    and source.hour == target.hour  # type: ignore[attr-defined]
+                    and source.day == target.day  # type: ignore[attr-defined]
+                    and source.month == target.month  # type: ignore[attr-defined]
+                    and source.year == target.year)  # type: ignore[attr-defined]
         if source.tzinfo is None or target.tzinfo is None:  # type: ignore[attr-defined]
             return False
         if target.microsecond % 1000 == 0:  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ from bson.objectid import ObjectId
 from bson.tz_util import utc as BSON_UTC
 from sqlalchemy import types as sqltypes
 
-_PLAIN_TYPES = frozenset({str, int, bool})
+PLAIN_TYPES = frozenset({str, int, bool})  # equal values of one of these agree, any kind
 
 
 class ValueKind(enum.StrEnum):
@@ -147,7 +147,7 @@ def values_equal(
     # each gives exactly the answer of the canonical comparison below.
     source_type = type(source)
     if source_type is type(target):
-        if source_type in _PLAIN_TYPES and source == target:
+        if source_type in PLAIN_TYPES and source == target:
             return True  # identical str/int/bool values agree under every kind
         if (kind is ValueKind.DATETIME and source_type is dt.datetime
                 and source.tzinfo is not None and target.tzinfo is not None):  # type: ignore[attr-defined]
@@ -181,7 +181,7 @@ def _quick_plain(source: object, target: object) -> bool:
     if source is None:
         return target is None or target is MISSING
     source_type = type(source)
-    return source_type is type(target) and source_type in _PLAIN_TYPES and source == target
+    return source_type is type(target) and source_type in PLAIN_TYPES and source == target
 
 
 def _quick_datetime(source: object, target: object) -> bool:

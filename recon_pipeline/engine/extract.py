@@ -200,7 +200,7 @@ def _lookup_mismatches(engine: sa.Engine, db: Database[dict[str, Any]],
         tally.checked += len(batch)
         for row in batch:
             # embedded: only the element under the row's own parent counts
-            mismatch = judge(entity, row, snapshot.record_at(
+            mismatch = judge(entity, row, snapshot.record_at(  # type: ignore[arg-type]
                 row[key], row[embedded.parent_key] if embedded else None))
             if mismatch is not None:
                 yield mismatch

@@ -177,7 +177,7 @@ def scan_target_documents(db: Database[Document], entity: EntityMapping, *,
     else:  # one cursor per stored form, merged into one order
         documents = map(itemgetter(1), heapq.merge(*(_keyed(entity, c) for c in cursors),
                                                    key=itemgetter(0)))
-    iterator = iter(documents)
+    iterator: Iterator[Document] = iter(documents)
     yield from iter(lambda: list(islice(iterator, batch_size)), [])
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, Protocol
 
 from bson.decimal128 import Decimal128
@@ -141,22 +141,21 @@ def _plain_type(kind: ValueKind) -> type | None:
     return {ValueKind.INTEGER: int, ValueKind.TEXT: str}.get(kind)
 
 
-def _batch_nodes(entity: EntityMapping, batch: Sequence[Document]) -> list[_Node]:
+def _batch_nodes(entity: EntityMapping, batch: Sequence[Document]) -> Iterable[_Node]:
     """The records of a batch of documents in the store's order (`scan_target_documents`),
-    elements of one parent in element-key order, each with its merge order."""
+    elements of one parent in element-key order, each with its merge order. A document
+    entity's nodes are made as they are read: nodes kept for a whole batch would be
+    objects enough to set off the garbage collector's full passes."""
     kind, embedded = entity.key_kind, entity.target.embedded
-    nodes: list[_Node] = []
     if embedded is None:
-        field_name, plain = entity.target.key, _plain_type(kind)
-        for document in batch:
-            key = document.get(field_name)
-            if type(key) is plain:
-                nodes.append((key, key, None, document))
-            else:  # as `nodes_of` reads it
-                [(key, _, _)] = nodes_of(entity, document)
-                nodes.append((merge_order(key, kind), key, None, document))
-        return nodes
-    parent_kind = entity.parent_key_kind
+        field_name = entity.target.key
+        keys = [document.get(field_name) for document in batch]
+        orders = keys
+        if {_plain_type(kind)} != set(map(type, keys)):  # as `nodes_of` reads them
+            keys = [key for document in batch for key, _, _ in nodes_of(entity, document)]
+            orders = [merge_order(key, kind) for key in keys]
+        return zip(orders, keys, repeat(None, len(batch)), batch, strict=True)
+    parent_kind, nodes = entity.parent_key_kind, []
     for document in batch:
         nodes += sorted((((merge_order(parent, parent_kind), merge_order(key, kind)),
                           key, parent, node)

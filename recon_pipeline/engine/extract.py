@@ -32,7 +32,13 @@ from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.model.mapping import EntityMapping, ReconConfig
 from recon_pipeline.model.normalize import is_key, order_key
 from recon_pipeline.stores import reports
-from recon_pipeline.stores.source import chunk_bounds, count_rows, existing_merge_keys, stream_rows
+from recon_pipeline.stores.source import (
+    chunk_bounds,
+    count_rows,
+    existing_merge_keys,
+    keys_out_of_scope,
+    stream_rows,
+)
 from recon_pipeline.stores.target import (
     IN_BATCH,
     TargetRecord,
@@ -187,6 +193,8 @@ def _scan_pairs(engine: sa.Engine, db: Database[dict[str, Any]], entity: EntityM
             yield row, record  # type: ignore[misc]
         # else: changed inside the settle period: not judged yet
     yield from _confirmed_orphans(engine, entity, candidates)
+    if not window.full_scan:
+        yield from _left_scope_orphans(engine, db, entity, window, chunk)
 
 
 def _lookup_pairs(engine: sa.Engine, db: Database[dict[str, Any]], entity: EntityMapping,
@@ -204,6 +212,23 @@ def _lookup_pairs(engine: sa.Engine, db: Database[dict[str, Any]], entity: Entit
                   if _in_bounds(chunk, r.parent if embedded else r.key)]
     for start in range(0, len(candidates), IN_BATCH):
         yield from _confirmed_orphans(engine, entity, candidates[start:start + IN_BATCH])
+    yield from _left_scope_orphans(engine, db, entity, window, chunk)
+
+
+def _left_scope_orphans(engine: sa.Engine, db: Database[dict[str, Any]],
+                        entity: EntityMapping, window: RunWindow,
+                        chunk: ChunkPlan) -> Iterator[Pair]:
+    """Documents of rows that left `source.where` in the window (a soft delete changes the
+    row, not its document): orphans, though their own `updated_at` is older. Those whose
+    `updated_at` is in the window were candidates already."""
+    keys = keys_out_of_scope(engine, entity, start=window.start, end=window.end,
+                             lower=chunk.lower, upper=chunk.upper)
+    for start in range(0, len(keys), IN_BATCH):
+        snapshot = fetch_targets(db, entity, keys[start:start + IN_BATCH])
+        found = snapshot.elements.values() if entity.target.embedded else \
+            snapshot.records.values()
+        yield from _confirmed_orphans(engine, entity, [
+            r for r in found if not _updated_in_window(entity, r, window)])
 
 
 def _updated_in_window(entity: EntityMapping, record: TargetRecord, window: RunWindow) -> bool:

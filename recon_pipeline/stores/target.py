@@ -21,6 +21,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from recon_pipeline.model.mapping import EntityMapping
 from recon_pipeline.model.normalize import MISSING, ValueKind, key_forms, key_of, order_key
+from recon_pipeline.stores.scope import scoped
 
 VERSION_FIELD = "_recon_version"
 IN_BATCH = 50  # secantusdb: 100k docs, $in of 25/50/100 ids read 10.6k/9.8k/6.3k docs/s
@@ -129,7 +130,7 @@ def fetch_targets(db: Database[Document], entity: EntityMapping, keys: Sequence[
     if embedded is None:
         for batch in _batches(dict.fromkeys(keys)):
             query = {entity.target.key: {"$in": _matching(batch, entity.key_kind)}}
-            for doc in collection.find(query, projection_of(entity)):
+            for doc in collection.find(scoped(entity, query), projection_of(entity)):
                 record = records_of(entity, doc)[0]
                 records[record.key] = record
         return TargetSnapshot(records, frozenset())
@@ -141,7 +142,7 @@ def fetch_targets(db: Database[Document], entity: EntityMapping, keys: Sequence[
         queries = ({field: {"$in": _matching(batch, entity.key_kind)}}
                    for batch in _batches(dict.fromkeys(keys)))
     for query in queries:
-        for doc in collection.find(query, projection_of(entity)):
+        for doc in collection.find(scoped(entity, query), projection_of(entity)):
             found_parents.add(key_of(doc.get(entity.target.key), entity.parent_key_kind))
             for record in records_of(entity, doc):
                 if record.key in wanted:
@@ -162,7 +163,8 @@ def scan_target_batches(db: Database[Document], entity: EntityMapping, *, lower:
     ObjectId. So the first chunk (no lower bound) also reads every key of a type the
     source cannot hold, or a stray would be in no chunk at all."""
     cursors = [db[entity.target.collection].find(
-        query, projection_of(entity), sort=[(entity.target.key, 1)], batch_size=batch_size)
+        scoped(entity, query), projection_of(entity), sort=[(entity.target.key, 1)],
+        batch_size=batch_size)
         for query in _scan_queries(entity, lower, upper)]
     documents: Iterator[tuple[Any, Document]]
     if len(cursors) == 1:
@@ -267,7 +269,8 @@ def find_updated_between(db: Database[Document], entity: EntityMapping, start: d
     query: Document = {path: {"$gte": start, "$lt": end}}
     if entity.target.key != "_id":
         query[entity.target.key] = {"$ne": None}  # no key: not a record of this entity
-    for document in db[entity.target.collection].find(query, projection_of(entity)):
+    for document in db[entity.target.collection].find(scoped(entity, query),
+                                                      projection_of(entity)):
         for record in records_of(entity, document):
             value = record.values.get(field.target)
             if isinstance(value, datetime) and start <= value < end:
@@ -318,7 +321,8 @@ def detect_key_forms(db: Database[Document], entity: EntityMapping) -> KeyForms:
     embedded = entity.target.embedded
     collection = db[entity.target.collection]
     if embedded is None:
-        document = collection.find_one({field: {"$type": ["string", "binData"]}}, {field: 1})
+        document = collection.find_one(
+            scoped(entity, {field: {"$type": ["string", "binData"]}}), {field: 1})
         return KeyForms(key_binary=isinstance((document or {}).get(field), uuid.UUID))
     parent = collection.find_one({field: {"$type": ["string", "binData"]}}, {field: 1})
     path = f"{embedded.array}.{embedded.element_key}"

@@ -139,7 +139,7 @@ def _coerce(value: Any, kind: ValueKind, where: str, fail: Fail) -> Any:
     if value is None:
         raise fail(f"{where}: value null matches nothing: write {{is_null: true}}")
     if isinstance(value, dict | list):
-        raise fail(f"{where}: value {_describe(value)} is not a {kind.value}")
+        raise fail(f"{where}: value {_describe(value)} is not a valid {kind.value}")
     if isinstance(value, dt.date) and not isinstance(value, dt.datetime) \
             and kind is ValueKind.DATE:
         return value
@@ -149,7 +149,7 @@ def _coerce(value: Any, kind: ValueKind, where: str, fail: Fail) -> Any:
             return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
         return coerce_source_value(value, kind)
     except ValueCoercionError:
-        raise fail(f"{where}: value {_describe(value)} is not a {kind.value}") from None
+        raise fail(f"{where}: value {_describe(value)} is not a valid {kind.value}") from None
 
 
 def source_scope_admits(scope: SourceScope, row: Mapping[str, Any]) -> bool:

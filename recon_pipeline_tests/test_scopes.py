@@ -174,6 +174,56 @@ def test_an_outbox_upsert_of_a_soft_deleted_row_deletes_its_document(
     assert ids(mongo_db, "accounts") == [2, 4]  # 1 deleted, 3 never created
 
 
+TICKETS = """\
+tickets:
+  source: {table: tickets, key: id, updated_at: updated_at}
+  target: {collection: tickets}
+  fields: {subject: subject, updated_at: updated_at}
+ticket_notes:
+  source:
+    table: ticket_notes
+    key: id
+    updated_at: updated_at
+    where: {deleted_at: {is_null: true}}
+  target:
+    collection: tickets
+    embedded: {array: notes, parent_key: ticket_id, element_key: note_id}
+  fields: {body: body, updated_at: updated_at}
+"""
+
+
+def test_source_where_on_an_embedded_entity_scopes_its_element_rows(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path
+) -> None:
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("create table tickets (id bigint primary key, subject text, "
+                             "updated_at timestamptz)"))
+        conn.execute(sa.text("create table ticket_notes (id bigint primary key, ticket_id "
+                             "bigint, body text, deleted_at timestamptz, updated_at "
+                             "timestamptz)"))
+        conn.execute(sa.text("insert into tickets values (1, 'help', :u)"), {"u": T_IN})
+        # 10 live; 11 soft-deleted (its element older than the window); 12 soft-deleted,
+        # no element; 13 live, no element
+        conn.execute(sa.text("insert into ticket_notes values (:i, 1, :b, :d, :u)"), [
+            {"i": 10, "b": "n10", "d": None, "u": T_IN},
+            {"i": 11, "b": "n11", "d": T_IN, "u": T_IN},
+            {"i": 12, "b": "n12", "d": T_IN, "u": T_IN},
+            {"i": 13, "b": "n13", "d": None, "u": T_IN}])
+    mongo_db.tickets.insert_one({"_id": 1, "subject": "help", "updated_at": T_IN, "notes": [
+        {"note_id": 10, "body": "n10", "updated_at": T_IN},
+        {"note_id": 11, "body": "n11", "updated_at": T_OLD}]})
+    mapping = write_mapping(tmp_path, TICKETS, delete_orphans=True)
+
+    assert run(pg_url, pg_engine, mongo_db, mapping) == counts(
+        records_checked=3, mismatches_found=2, missing_in_mongo=1, orphans_in_mongo=1,
+        repaired=2)
+    assert mismatch_rows(pg_engine) == [("11", "orphan_in_mongo", "repaired", None),
+                                        ("13", "missing_in_mongo", "repaired", None)]
+    [ticket] = mongo_db.tickets.find()
+    assert [n["note_id"] for n in ticket["notes"]] == [10, 13]
+    assert run(pg_url, pg_engine, mongo_db, mapping) == counts(records_checked=3)
+
+
 # --- a tenant column ----------------------------------------------------------------------
 
 ODD_TENANT = "o'brien\"; drop table orders; --"  # bound, never pasted into SQL

@@ -200,7 +200,10 @@ def mark_sync(conn: sa.Connection, entity: EntityMapping, keys: Sequence[Any], *
     source = SourceTable.of(entity)
     key, updated = source.col(entity.source.key), source.col(entity.source.updated_at)
     # The versions before the marks, read in the same statement (RETURNING sees only after).
-    before = sa.select(key.label("k"), updated.label("v")).where(key.in_(list(keys))).cte()
+    # In scope only: a row that left it since it was delivered is the next run's orphan,
+    # and a version bump written for it would bring its document back.
+    before = sa.select(key.label("k"), updated.label("v")).where(
+        key.in_(list(keys)), *source.scope).cte()
     columns = entity.source_columns
     marked = conn.execute(
         sa.update(source.table)

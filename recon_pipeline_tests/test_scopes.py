@@ -306,12 +306,15 @@ def test_documents_of_another_type_are_never_read_compared_or_touched(
     add_outbox(pg_engine, [
         ("customers", "c5", {"id": "c5", "name": "Client 5", "updated_at": at}),
         ("customers", "c3", {"id": "c3", "name": "Client 3", "updated_at": at})])
+    with pg_engine.begin() as conn:  # a delete naming a lead's key deletes nothing
+        conn.execute(sa.text("insert into outbox_messages (aggregate_type, aggregate_id, "
+                             "operation, payload) values ('customers', 'l1', 'delete', '{}')"))
     mapping = write_mapping(tmp_path, CUSTOMERS, delete_orphans=True)
 
     row = run(pg_url, pg_engine, mongo_db, mapping, full_scan=True)
     assert row == counts(records_checked=5, mismatches_found=4, missing_in_mongo=2,
                          field_mismatches=1, orphans_in_mongo=1, repaired=3, repair_failed=1,
-                         outbox_attempted=2, outbox_sent=1, outbox_failed=1)
+                         outbox_attempted=3, outbox_sent=2, outbox_failed=1)
     collision = out_of_scope_error(load_mapping(mapping, pg_engine).entity("customers"))
     assert mismatch_rows(pg_engine) == [
         ("c2", "field_mismatch", "repaired", None),
@@ -319,7 +322,8 @@ def test_documents_of_another_type_are_never_read_compared_or_touched(
         ("c4", "missing_in_mongo", "repaired", None),
         ("c9", "orphan_in_mongo", "repaired", None)]
     assert outbox_statuses(pg_engine) == [("c5", "sent", 0, None),
-                                          ("c3", "failed", 1, collision)]
+                                          ("c3", "failed", 1, collision),
+                                          ("l1", "sent", 0, None)]
     assert raw_documents(mongo_db, "people", others) == before  # byte for byte
     for key in ("c4", "c5"):  # created in scope
         assert mongo_db.people.find_one({"_id": key}) == {

@@ -20,6 +20,7 @@ from recon_pipeline.engine.projection import out_of_scope_error
 from recon_pipeline.model.mapping import MappingError
 from recon_pipeline.stores import reports
 from recon_pipeline.stores.postgres import load_mapping
+from recon_pipeline.stores.target import ensure_target_indexes
 from recon_pipeline_tests.dagster_support import SEED_NOW, run_job
 
 W0, W1 = SEED_NOW - timedelta(hours=6), SEED_NOW - timedelta(hours=2)
@@ -361,6 +362,36 @@ def test_a_document_created_under_an_in_scope_gets_its_first_value(
         records_checked=2)
 
 
+def test_a_natural_key_need_only_be_unique_within_the_scope(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], tmp_path: Path
+) -> None:
+    """Leads and clients share `ref` values: no unique index over the whole collection is
+    possible, and none is needed: `db init` creates one over the target scope."""
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("create table customers (id text primary key, name text, "
+                             "updated_at timestamptz)"))
+        conn.execute(sa.text("insert into customers values (:i, :n, :u)"),
+                     [{"i": f"r{i}", "n": f"Client {i}", "u": T_IN} for i in (1, 2, 3)])
+    mongo_db.people.insert_many([
+        {"ref": "r1", "type": "client", "name": "Client 1", "updated_at": T_IN},
+        {"ref": "r1", "type": "lead", "name": "Lead 1", "updated_at": T_IN},
+        {"ref": "r3", "type": "lead", "name": "Lead 3", "updated_at": T_IN}])
+    leads = raw_documents(mongo_db, "people", {"type": "lead"})
+    mapping = write_mapping(tmp_path, CUSTOMERS.replace(
+        "{collection: people,", "{collection: people, key: ref,"), delete_orphans=True)
+    config = load_mapping(mapping, pg_engine)
+
+    assert ensure_target_indexes(mongo_db, config.entities) == [
+        "people.ref_1_customers_scope", "people.updated_at_1"]
+    assert run(pg_url, pg_engine, mongo_db, mapping, full_scan=True) == counts(
+        records_checked=3, mismatches_found=2, missing_in_mongo=2, repaired=2)
+    assert raw_documents(mongo_db, "people", {"type": "lead"}) == leads
+    assert sorted((d["ref"], d["type"]) for d in mongo_db.people.find()) == [
+        ("r1", "client"), ("r1", "lead"), ("r2", "client"), ("r3", "client"), ("r3", "lead")]
+    assert run(pg_url, pg_engine, mongo_db, mapping, full_scan=True) == counts(
+        records_checked=3)
+
+
 # --- mapping errors ---------------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -390,12 +421,13 @@ def test_a_document_created_under_an_in_scope_gets_its_first_value(
          "target 'where' field 'name' overlaps 'name': a scope field must be one the mapping "
          "never writes"),
         ("", "where: {_id: 3}", "target 'where' field '_id' overlaps the key"),
+        ("", "where: {$where: x}", "target 'where': invalid field path '$where'"),
         ("", "embedded: {array: subs, parent_key: name, element_key: id}, where: {type: x}",
          "target 'where' is not supported on an embedded entity"),
     ],
     ids=["missing-column", "bad-integer", "bad-datetime", "unknown-operator", "bad-is-null",
          "empty-in", "null-value", "unknown-target-operator", "target-object-value",
-         "target-mapped-field", "target-key", "embedded-target"],
+         "target-mapped-field", "target-key", "target-operator-path", "embedded-target"],
 )
 def test_a_bad_where_fails_at_load_naming_entity_and_name(
     pg_engine: sa.Engine, tmp_path: Path, source: str, target: str, message: str

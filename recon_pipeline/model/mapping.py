@@ -219,6 +219,12 @@ class _EntityBinder:
                 raise self.fail(f"field '{column}': invalid target path '{path}'")
         return path
 
+    def scope_path(self, path: Any) -> str:
+        if not isinstance(path, str) or not path or any(
+                not part or part.startswith("$") or "\x00" in part for part in path.split(".")):
+            raise self.fail(f"target 'where': invalid field path {path!r}{_unquoted(path)}")
+        return path
+
     def source(self, raw: Mapping[str, Any]) -> SourceSpec:
         self.known_keys(raw, "source", SOURCE_KEYS)
         table = self.require(raw, "table", "source")
@@ -282,8 +288,7 @@ class _EntityBinder:
             collection=str(self.require(raw, "collection", "target")),
             key=key,
             embedded=embedded,
-            where=parse_target_where(raw.get("where"),
-                                     lambda p: self.target_path(p, "where"), self.fail),
+            where=parse_target_where(raw.get("where"), self.scope_path, self.fail),
         )
 
     def key_kind(self, table: str, column: str, role: str) -> ValueKind:

@@ -21,7 +21,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from recon_pipeline.model.mapping import EntityMapping
 from recon_pipeline.model.normalize import MISSING, ValueKind, key_forms, key_of, order_key
-from recon_pipeline.stores.scope import scoped
+from recon_pipeline.stores.scope import scope_filter, scoped
 
 VERSION_FIELD = "_recon_version"
 IN_BATCH = 50  # secantusdb: 100k docs, $in of 25/50/100 ids read 10.6k/9.8k/6.3k docs/s
@@ -298,10 +298,21 @@ def missing_key_index(db: Database[Document], entity: EntityMapping) -> str | No
         return None
     for index in db[entity.target.collection].list_indexes():
         if (list(index["key"]) == [entity.target.key] and index.get("unique")
-                and "partialFilterExpression" not in index):
+                and _covers_scope(entity, index.get("partialFilterExpression"))):
             return None
+    options = "{unique: true}" if not entity.target.where else (
+        f"{{unique: true, partialFilterExpression: {scope_filter(entity)}}}")
     return (f"no unique index on {key_index_name(entity)}: run `recon-pipeline db init` or "
-            f"create it (createIndex({{{entity.target.key}: 1}}, {{unique: true}}))")
+            f"create it (createIndex({{{entity.target.key}: 1}}, {options}))")
+
+
+def _covers_scope(entity: EntityMapping, partial: Any) -> bool:
+    """A unique index over the whole collection makes upserts by the key safe; so does
+    one over exactly the entity's target scope (documents of other types may then share
+    a key with ours: they are never written anyway)."""
+    if partial is None:
+        return True
+    return bool(entity.target.where) and dict(partial) == scope_filter(entity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,10 +389,15 @@ def ensure_target_indexes(db: Database[Document], entities: Iterable[EntityMappi
 def _create_key_index(db: Database[Document], entity: EntityMapping) -> str:
     collection = db[entity.target.collection]
     field = entity.target.key
+    # A scoped entity's key need only be unique within its scope (SPEC 5, "Scopes").
+    scope = scope_filter(entity)
+    options: dict[str, Any] = {"partialFilterExpression": scope,
+                               "name": f"{field}_1_{entity.name}_scope"} if scope else {}
     try:
-        name = collection.create_index(field, unique=True)
+        name = collection.create_index(field, unique=True, **options)
     except DuplicateKeyError:
         duplicates = [repr(d["_id"]) for d in collection.aggregate([
+            {"$match": scope},
             {"$group": {"_id": f"${field}", "n": {"$sum": 1}}},
             {"$match": {"n": {"$gt": 1}}}, {"$sort": {"_id": 1}}, {"$limit": 10}])]
         raise KeyIndexError(

@@ -18,8 +18,10 @@ from pymongo.database import Database
 
 from recon_pipeline.engine.projection import out_of_scope_error
 from recon_pipeline.model.mapping import MappingError
+from recon_pipeline.model.scope import source_scope_admits
 from recon_pipeline.stores import reports
 from recon_pipeline.stores.postgres import load_mapping
+from recon_pipeline.stores.source import fetch_rows
 from recon_pipeline.stores.target import ensure_target_indexes
 from recon_pipeline_tests.dagster_support import SEED_NOW, run_job
 
@@ -390,6 +392,42 @@ def test_a_natural_key_need_only_be_unique_within_the_scope(
         ("r1", "client"), ("r1", "lead"), ("r2", "client"), ("r3", "client"), ("r3", "lead")]
     assert run(pg_url, pg_engine, mongo_db, mapping, full_scan=True) == counts(
         records_checked=3)
+
+
+# --- one verdict in SQL and in Python --------------------------------------------------
+
+@pytest.mark.parametrize("where", [
+    "{tenant: acme}", "{tenant: {in: [acme, globex]}}", "{tenant: {not_in: [acme]}}",
+    "{tenant: {is_null: true}}", "{tenant: {is_null: false}}", "{n: 2}",
+    "{n: {not_in: [1, '3']}}", "{at: {is_null: true}, n: {in: [1, 2, 4]}}",
+    "{at: '2026-01-01T00:00:00+00:00'}", "{flag: true}", "{flag: {not_in: [false]}}",
+])
+def test_the_outbox_judges_scope_exactly_as_the_queries_do(
+    pg_engine: sa.Engine, tmp_path: Path, where: str
+) -> None:
+    """`SourceCondition.admits` (outbox payloads) and the SQL clauses (every query) agree
+    on every row, NULLs included."""
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text("create table things (id bigint primary key, tenant text, n int, "
+                             "at timestamptz, flag boolean, updated_at timestamptz)"))
+        conn.execute(sa.text("insert into things values (:i, :t, :n, :a, :f, now())"), [
+            {"i": i, "t": t, "n": n, "a": a, "f": f} for i, (t, n, a, f) in enumerate([
+                ("acme", 1, None, True), ("globex", 2, "2026-01-01T00:00:00Z", False),
+                (None, 3, None, None), ("initech", None, "2026-01-01T01:00:00Z", True),
+                ("acme", 2, "2026-01-01T00:00:00Z", None), (None, None, None, False),
+                ("acme", 4, None, True)])])
+    mapping = write_mapping(tmp_path, f"""\
+        things:
+          source: {{table: things, key: id, updated_at: updated_at, where: {where}}}
+          target: {{collection: things}}
+          fields: {{updated_at: updated_at}}
+        """)
+    entity = load_mapping(mapping, pg_engine).entity("things")
+    with pg_engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(sa.text("select * from things")).mappings()]
+    in_python = {r["id"] for r in rows if source_scope_admits(entity.source.where, r)}
+    assert set(fetch_rows(pg_engine, entity, [r["id"] for r in rows])) == in_python
+    assert 0 < len(in_python) < len(rows)
 
 
 # --- mapping errors ---------------------------------------------------------------------

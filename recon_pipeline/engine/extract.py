@@ -40,6 +40,7 @@ from recon_pipeline.stores.source import (
     count_window,
     estimate_rows,
     existing_merge_keys,
+    keys_out_of_scope,
     stream_row_values,
     stream_rows,
 )
@@ -227,6 +228,8 @@ def _scan_mismatches(engine: sa.Engine, db: Database[dict[str, Any]], entity: En
                 yield from _confirmed_orphans(engine, entity, candidates)
                 candidates = []
     yield from _confirmed_orphans(engine, entity, candidates)
+    if not window.full_scan:
+        yield from _left_scope_orphans(engine, db, entity, window, chunk)
 
 
 def _lookup_mismatches(engine: sa.Engine, db: Database[dict[str, Any]],
@@ -249,6 +252,23 @@ def _lookup_mismatches(engine: sa.Engine, db: Database[dict[str, Any]],
                   if _in_bounds(chunk, r.parent if embedded else r.key)]
     for start in range(0, len(candidates), IN_BATCH):
         yield from _confirmed_orphans(engine, entity, candidates[start:start + IN_BATCH])
+    yield from _left_scope_orphans(engine, db, entity, window, chunk)
+
+
+def _left_scope_orphans(engine: sa.Engine, db: Database[dict[str, Any]],
+                        entity: EntityMapping, window: RunWindow,
+                        chunk: ChunkPlan) -> Iterator[Mismatch]:
+    """Documents of rows that left `source.where` in the window (a soft delete changes the
+    row, not its document): orphans, though their own `updated_at` is older. Those whose
+    `updated_at` is in the window were candidates already."""
+    keys = keys_out_of_scope(engine, entity, start=window.start, end=window.end,
+                             lower=chunk.lower, upper=chunk.upper)
+    for start in range(0, len(keys), IN_BATCH):
+        snapshot = fetch_targets(db, entity, keys[start:start + IN_BATCH])
+        found = snapshot.elements.values() if entity.target.embedded else \
+            snapshot.records.values()
+        yield from _confirmed_orphans(engine, entity, [
+            r for r in found if not _updated_in_window(entity, r, window)])
 
 
 def _orphan(entity: EntityMapping, record: TargetRecord) -> Mismatch:

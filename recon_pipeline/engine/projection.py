@@ -24,6 +24,7 @@ from recon_pipeline.model.normalize import (
     key_forms,
     to_bson_value,
 )
+from recon_pipeline.stores.scope import created_fields, scoped
 from recon_pipeline.stores.target import VERSION_FIELD, KeyForms, TargetRecord, TargetSnapshot
 
 Row = Mapping[str, Any]
@@ -171,9 +172,16 @@ def upsert_ops(entity: EntityMapping, row: Row, presence: Presence,
     embedded = entity.target.embedded
     match, stored, key_field = _key_condition(entity, row, forms)
     if embedded is None:
+        # Scoped: a document with this key outside `target.where` never matches, so the
+        # upsert collides with it (duplicate key) and leaves it untouched; one it creates
+        # carries the scope's fields, so it is in scope next time.
+        on_insert = {**_on_insert(key_field, match, stored).get("$setOnInsert", {}),
+                     **created_fields(entity)}
         return [UpdateOne(
-            {key_field: match, **version_guard(version, entity.version_fallback, recorded)},
-            {"$set": {**fields, VERSION_FIELD: version}, **_on_insert(key_field, match, stored)},
+            scoped(entity, {key_field: match,
+                            **version_guard(version, entity.version_fallback, recorded)}),
+            {"$set": {**fields, VERSION_FIELD: version},
+             **({"$setOnInsert": on_insert} if on_insert else {})},
             # A newer document already there makes this a duplicate-key no-op (the key is
             # `_id` or under a unique index: a run checks that before it writes).
             upsert=True,
@@ -200,6 +208,14 @@ def upsert_ops(entity: EntityMapping, row: Row, presence: Presence,
         {"$push": {array: element}, **_on_insert(key_field, match, stored)},
         upsert=presence is Presence.ABSENT,
     )]
+
+
+def out_of_scope_error(entity: EntityMapping) -> str:
+    """Why a scoped upsert by key left no document in scope: the key is held by a document
+    outside `target.where` (which it never touches), or one appeared meanwhile."""
+    return (f"not applied: a document with this key in collection "
+            f"'{entity.target.collection}' is outside the target scope (target 'where'), or "
+            f"appeared during the write; it is left untouched")
 
 
 def version_bump_ops(entity: EntityMapping, rows: list[dict[str, Any]]) -> list[WriteOp]:
@@ -230,7 +246,8 @@ def delete_ops(entity: EntityMapping, key: Any, parent: Any, version: datetime |
         guard = version_guard(version, entity.version_fallback, recorded)
     embedded = entity.target.embedded
     if embedded is None:
-        return [DeleteOne({entity.target.key: key_match(key, entity.key_kind), **guard})]
+        return [DeleteOne(scoped(entity, {entity.target.key: key_match(key, entity.key_kind),
+                                          **guard}))]
     return [UpdateOne(
         {entity.target.key: key_match(parent, entity.parent_key_kind)},
         {"$pull": {embedded.array: {embedded.element_key: key_match(key, entity.key_kind),

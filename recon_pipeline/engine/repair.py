@@ -29,6 +29,7 @@ from recon_pipeline.engine.projection import (
     WriteOp,
     delete_ops,
     newer_than,
+    out_of_scope_error,
     presence_in,
     row_version,
     upsert_ops,
@@ -199,7 +200,8 @@ def _verify(entity: EntityMapping, plan: _Plan, after: TargetSnapshot,
                              "version guard: MongoDB holds a newer source version"))
         else:
             fields = sorted(field_differences(entity, source, record)) if record else []
-            outcomes.append((mismatch_id, "failed",
+            outcomes.append((mismatch_id, "failed", out_of_scope_error(entity)
+                             if record is None and entity.target.where else
                              f"still differs after write: {', '.join(fields) or 'missing'}"))
     return outcomes
 

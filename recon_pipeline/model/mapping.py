@@ -17,6 +17,12 @@ import yaml
 from sqlalchemy import types as sa_types
 
 from recon_pipeline.model.normalize import ValueKind, kind_for_sql_type, kind_from_name
+from recon_pipeline.model.scope import (
+    SourceScope,
+    TargetScope,
+    parse_source_where,
+    parse_target_where,
+)
 from recon_pipeline.model.settings import (  # noqa: F401 - re-exported: part of the mapping
     CleanupSettings,
     OutboxSettings,
@@ -63,6 +69,7 @@ class SourceSpec:
     sync_tracking: SyncTracking | None = None
     # False for `timestamp without time zone`: its values are UTC (SPEC 6, "Window").
     updated_at_has_time_zone: bool = True
+    where: SourceScope = ()  # the rows the entity covers (model/scope.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,7 @@ class TargetSpec:
     collection: str
     key: str = "_id"
     embedded: EmbeddedSpec | None = None
+    where: TargetScope = ()  # the documents the entity covers (model/scope.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +177,9 @@ def _unquoted(value: Any) -> str:
 
 # The keys each part of an entity may have.
 ENTITY_KEYS = ("source", "target", "fields")
-SOURCE_KEYS = ("table", "key", "updated_at", "sync_tracking")
+SOURCE_KEYS = ("table", "key", "updated_at", "sync_tracking", "where")
 SYNC_TRACKING_KEYS = ("status", "synced_at", "error")
-TARGET_KEYS = ("collection", "key", "embedded")
+TARGET_KEYS = ("collection", "key", "embedded", "where")
 EMBEDDED_KEYS = ("array", "parent_key", "element_key")
 FIELD_KEYS = ("field", "type", "tolerance", "ignore")
 
@@ -211,6 +219,12 @@ class _EntityBinder:
                 raise self.fail(f"field '{column}': invalid target path '{path}'")
         return path
 
+    def scope_path(self, path: Any) -> str:
+        if not isinstance(path, str) or not path or any(
+                not part or part.startswith("$") or "\x00" in part for part in path.split(".")):
+            raise self.fail(f"target 'where': invalid field path {path!r}{_unquoted(path)}")
+        return path
+
     def source(self, raw: Mapping[str, Any]) -> SourceSpec:
         self.known_keys(raw, "source", SOURCE_KEYS)
         table = self.require(raw, "table", "source")
@@ -234,6 +248,7 @@ class _EntityBinder:
             updated_at=self.column(table, self.require(raw, "updated_at", "source")),
             sync_tracking=sync,
             updated_at_has_time_zone=self.has_time_zone(table, raw["updated_at"]),
+            where=parse_source_where(raw.get("where"), self.catalog[table], table, self.fail),
         )
 
     def has_time_zone(self, table: str, column: str) -> bool:
@@ -263,10 +278,17 @@ class _EntityBinder:
         if not isinstance(key, str) or not key or "." in key or key.startswith("$") \
                 or "\x00" in key:
             raise self.fail(f"target key {key!r} must be '_id' or a top-level field name")
+        if embedded is not None and raw.get("where") is not None:
+            # Which documents hold an entity's elements is the parent entity's business:
+            # scope the parent documents' own entity, and the elements with source 'where'.
+            raise self.fail("target 'where' is not supported on an embedded entity (its "
+                            "documents are another entity's): narrow the element rows with "
+                            "source 'where'")
         return TargetSpec(
             collection=str(self.require(raw, "collection", "target")),
             key=key,
             embedded=embedded,
+            where=parse_target_where(raw.get("where"), self.scope_path, self.fail),
         )
 
     def key_kind(self, table: str, column: str, role: str) -> ValueKind:
@@ -332,10 +354,25 @@ class _EntityBinder:
             if f.target in reserved:
                 raise self.fail(f"field '{f.column}': target path '{f.target}' is the key")
             seen.add(f.target)
+        self.check_scope_paths(seen, target)
         for a in seen:
             for b in seen:
                 if b.startswith(a + "."):
                     raise self.fail(f"target path '{a}' overlaps '{b}'")
+
+
+    def check_scope_paths(self, mapped: set[str], target: TargetSpec) -> None:
+        """A scope field is never written from the source (a mapped field would make a
+        repair move the document out of scope), nor the key or the version guard."""
+        for condition in target.where:
+            path = condition.path
+            taken = {target.key, "_id", "_recon_version"} | mapped
+            clash = next((t for t in sorted(taken) if path == t or path.startswith(t + ".")
+                          or t.startswith(path + ".")), None)
+            if clash is not None:
+                raise self.fail(f"target 'where' field '{path}' overlaps "
+                                f"{'the key' if clash in (target.key, '_id') else repr(clash)}"
+                                f": a scope field must be one the mapping never writes")
 
 
 def _type_name(sql_type: sa_types.TypeEngine[Any]) -> str:

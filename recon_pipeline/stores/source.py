@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from recon_pipeline.model.mapping import EntityMapping
 from recon_pipeline.model.normalize import ValueKind, is_key, key_of
+from recon_pipeline.stores.scope import scope_columns, source_scope_clauses
 
 Row = dict[str, Any]
 RowView = sa.RowMapping
@@ -24,10 +25,15 @@ RowView = sa.RowMapping
 
 @dataclass(frozen=True, slots=True)
 class SourceTable:
-    """A lightweight, quoted view of the mapped table: only the columns we read."""
+    """A lightweight, quoted view of the mapped table: only the columns we read.
+
+    `scope`: the clauses of `source.where` (stores/scope.py), which every query of the
+    entity's rows adds: a row out of scope is never read, so it is never judged, and a
+    document whose row is out of scope is an orphan."""
 
     entity: EntityMapping
     table: sa.TableClause
+    scope: tuple[Any, ...] = ()
 
     @classmethod
     def of(cls, entity: EntityMapping) -> SourceTable:
@@ -35,8 +41,9 @@ class SourceTable:
         if entity.source.sync_tracking:
             tracking = entity.source.sync_tracking
             columns = (*columns, tracking.status, tracking.synced_at, tracking.error)
-        return cls(entity, sa.table(entity.source.table,
-                                    *(sa.column(c) for c in dict.fromkeys(columns))))
+        columns = (*columns, *scope_columns(entity))
+        table = sa.table(entity.source.table, *(sa.column(c) for c in dict.fromkeys(columns)))
+        return cls(entity, table, tuple(source_scope_clauses(table, entity)))
 
     def col(self, name: str) -> sa.ColumnClause[Any]:
         return self.table.c[name]
@@ -96,7 +103,8 @@ def _streamed(engine: sa.Engine, entity: EntityMapping, start: datetime | None,
               ) -> Iterator[sa.CursorResult[Any]]:
     source = SourceTable.of(entity)
     query = (sa.select(*(source.col(c) for c in row_columns(entity)))
-             .where(*source.in_window(start, end), *source.in_bounds(lower, upper))
+             .where(*source.scope, *source.in_window(start, end),
+                    *source.in_bounds(lower, upper))
              .order_by(*source.merge_columns))
     with engine.connect() as conn:
         yield conn.execution_options(stream_results=True, yield_per=batch_size).execute(query)
@@ -134,13 +142,13 @@ def sql_keys(entity: EntityMapping, keys: Sequence[Any]) -> list[Any]:
 
 
 def fetch_rows(engine: sa.Engine, entity: EntityMapping, keys: Sequence[Any]) -> dict[Any, Row]:
-    """The current source rows of `keys` (absent keys have no row)."""
+    """The current in-scope source rows of `keys` (absent keys have no row in scope)."""
     keys = sql_keys(entity, keys)
     if not keys:
         return {}
     source = SourceTable.of(entity)
     key_column = source.col(entity.source.key)
-    query = source.select_mapped().where(key_column.in_(list(keys)))
+    query = source.select_mapped().where(key_column.in_(list(keys)), *source.scope)
     with engine.connect() as conn:
         return {row[entity.source.key]: dict(row)
                 for row in conn.execute(query).mappings()}
@@ -148,8 +156,8 @@ def fetch_rows(engine: sa.Engine, entity: EntityMapping, keys: Sequence[Any]) ->
 
 def existing_merge_keys(engine: sa.Engine, entity: EntityMapping,
                         keys: Sequence[Any]) -> set[Any]:
-    """Which of `keys` (element keys for embedded entities) have a source row, as merge
-    keys: the key, or (parent, key)."""
+    """Which of `keys` (element keys for embedded entities) have an in-scope source row,
+    as merge keys: the key, or (parent, key)."""
     keys = sql_keys(entity, keys)
     if not keys:
         return set()
@@ -158,10 +166,25 @@ def existing_merge_keys(engine: sa.Engine, entity: EntityMapping,
     columns = [source.col(key_name)]
     if entity.target.embedded:
         columns.insert(0, source.col(entity.target.embedded.parent_key))
-    query = sa.select(*columns).where(source.col(key_name).in_(list(keys)))
+    query = sa.select(*columns).where(source.col(key_name).in_(list(keys)), *source.scope)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     return {tuple(r) if entity.target.embedded else r[0] for r in rows}
+
+
+def keys_out_of_scope(engine: sa.Engine, entity: EntityMapping, *, start: datetime,
+                      end: datetime, lower: Any = None, upper: Any = None) -> list[Any]:
+    """Keys of the rows changed in [start, end) (and within the chunk's bounds) that are
+    out of scope: rows that left it (a soft delete), whose documents are orphans now
+    although those documents did not change in the window. Empty for an unscoped entity."""
+    source = SourceTable.of(entity)
+    if not source.scope:
+        return []
+    query = (sa.select(source.col(entity.source.key))
+             .where(*source.in_window(start, end), *source.in_bounds(lower, upper),
+                    sa.and_(*source.scope).is_not(sa.true())))
+    with engine.connect() as conn:
+        return list(conn.execute(query).scalars())
 
 
 def chunk_bounds(engine: sa.Engine, entity: EntityMapping, *, start: datetime | None,
@@ -172,7 +195,7 @@ def chunk_bounds(engine: sa.Engine, entity: EntityMapping, *, start: datetime | 
     bound = source.bound_column.label("bound")
     numbered = (sa.select(bound, sa.func.row_number().over(order_by=source.merge_columns)
                           .label("n"))
-                .where(*source.in_window(start, end)).subquery())
+                .where(*source.scope, *source.in_window(start, end)).subquery())
     with engine.connect() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(numbered)).scalar_one()
         cuts = conn.execute(sa.select(numbered.c.bound)
@@ -188,7 +211,7 @@ def count_window(engine: sa.Engine, entity: EntityMapping, *, start: datetime | 
     the table has one (`db init` creates it), never the whole table's rows."""
     source = SourceTable.of(entity)
     query = sa.select(sa.func.count()).select_from(source.table).where(
-        *source.in_window(start, end))
+        *source.scope, *source.in_window(start, end))
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
 
@@ -215,7 +238,8 @@ def count_rows_upto(engine: sa.Engine, entity: EntityMapping, limit: int) -> int
     """The table's rows, counted up to `limit`: a scan that stops there, so its cost is
     bounded by `limit` rows whatever the table holds."""
     source = SourceTable.of(entity)
-    first = sa.select(sa.literal(1)).select_from(source.table).limit(limit).subquery()
+    first = (sa.select(sa.literal(1)).select_from(source.table).where(*source.scope)
+             .limit(limit).subquery())
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(first)).scalar_one())
 
@@ -248,7 +272,10 @@ def mark_sync(conn: sa.Connection, entity: EntityMapping, keys: Sequence[Any], *
     source = SourceTable.of(entity)
     key, updated = source.col(entity.source.key), source.col(entity.source.updated_at)
     # The versions before the marks, read in the same statement (RETURNING sees only after).
-    before = sa.select(key.label("k"), updated.label("v")).where(key.in_(list(keys))).cte()
+    # In scope only: a row that left it since it was delivered is the next run's orphan,
+    # and a version bump written for it would bring its document back.
+    before = sa.select(key.label("k"), updated.label("v")).where(
+        key.in_(list(keys)), *source.scope).cte()
     columns = entity.source_columns
     marked = conn.execute(
         sa.update(source.table)

@@ -22,6 +22,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from recon_pipeline.model.mapping import EntityMapping
 from recon_pipeline.model.normalize import MISSING, ValueKind, key_forms, key_of, order_key
+from recon_pipeline.stores.scope import scope_filter, scoped
 
 VERSION_FIELD = "_recon_version"
 IN_BATCH = 50  # secantusdb: 100k docs, $in of 25/50/100 ids read 10.6k/9.8k/6.3k docs/s
@@ -137,7 +138,7 @@ def fetch_targets(db: Database[Document], entity: EntityMapping, keys: Sequence[
     if embedded is None:
         for batch in _batches(dict.fromkeys(keys)):
             query = {entity.target.key: {"$in": _matching(batch, entity.key_kind)}}
-            for doc in collection.find(query, projection_of(entity)):
+            for doc in collection.find(scoped(entity, query), projection_of(entity)):
                 record = records_of(entity, doc)[0]
                 records[record.key] = record
         return TargetSnapshot(records, frozenset())
@@ -149,7 +150,7 @@ def fetch_targets(db: Database[Document], entity: EntityMapping, keys: Sequence[
         queries = ({field: {"$in": _matching(batch, entity.key_kind)}}
                    for batch in _batches(dict.fromkeys(keys)))
     for query in queries:
-        for doc in collection.find(query, projection_of(entity)):
+        for doc in collection.find(scoped(entity, query), projection_of(entity)):
             found_parents.add(key_of(doc.get(entity.target.key), entity.parent_key_kind))
             for record in records_of(entity, doc):
                 if record.key in wanted:
@@ -169,7 +170,8 @@ def scan_target_documents(db: Database[Document], entity: EntityMapping, *,
     ObjectId. So the first chunk (no lower bound) also reads every key of a type the
     source cannot hold, or a stray would be in no chunk at all."""
     cursors = [db[entity.target.collection].find(
-        query, projection_of(entity), sort=[(entity.target.key, 1)], batch_size=batch_size)
+        scoped(entity, query), projection_of(entity), sort=[(entity.target.key, 1)],
+        batch_size=batch_size)
         for query in _scan_queries(entity, lower, upper)]
     documents: Iterable[Document]
     if len(cursors) == 1:
@@ -260,7 +262,8 @@ def find_updated_between(db: Database[Document], entity: EntityMapping, start: d
     query: Document = {path: {"$gte": start, "$lt": end}}
     if entity.target.key != "_id":
         query[entity.target.key] = {"$ne": None}  # no key: not a record of this entity
-    for document in db[entity.target.collection].find(query, projection_of(entity)):
+    for document in db[entity.target.collection].find(scoped(entity, query),
+                                                      projection_of(entity)):
         for record in records_of(entity, document):
             value = record.values.get(field.target)
             if isinstance(value, datetime) and start <= value < end:
@@ -288,10 +291,21 @@ def missing_key_index(db: Database[Document], entity: EntityMapping) -> str | No
         return None
     for index in db[entity.target.collection].list_indexes():
         if (list(index["key"]) == [entity.target.key] and index.get("unique")
-                and "partialFilterExpression" not in index):
+                and _covers_scope(entity, index.get("partialFilterExpression"))):
             return None
+    options = "{unique: true}" if not entity.target.where else (
+        f"{{unique: true, partialFilterExpression: {scope_filter(entity)}}}")
     return (f"no unique index on {key_index_name(entity)}: run `recon-pipeline db init` or "
-            f"create it (createIndex({{{entity.target.key}: 1}}, {{unique: true}}))")
+            f"create it (createIndex({{{entity.target.key}: 1}}, {options}))")
+
+
+def _covers_scope(entity: EntityMapping, partial: Any) -> bool:
+    """A unique index over the whole collection makes upserts by the key safe; so does
+    one over exactly the entity's target scope (documents of other types may then share
+    a key with ours: they are never written anyway)."""
+    if partial is None:
+        return True
+    return bool(entity.target.where) and dict(partial) == scope_filter(entity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +325,8 @@ def detect_key_forms(db: Database[Document], entity: EntityMapping) -> KeyForms:
     embedded = entity.target.embedded
     collection = db[entity.target.collection]
     if embedded is None:
-        document = collection.find_one({field: {"$type": ["string", "binData"]}}, {field: 1})
+        document = collection.find_one(
+            scoped(entity, {field: {"$type": ["string", "binData"]}}), {field: 1})
         return KeyForms(key_binary=isinstance((document or {}).get(field), uuid.UUID))
     parent = collection.find_one({field: {"$type": ["string", "binData"]}}, {field: 1})
     path = f"{embedded.array}.{embedded.element_key}"
@@ -367,10 +382,15 @@ def ensure_target_indexes(db: Database[Document], entities: Iterable[EntityMappi
 def _create_key_index(db: Database[Document], entity: EntityMapping) -> str:
     collection = db[entity.target.collection]
     field = entity.target.key
+    # A scoped entity's key need only be unique within its scope (SPEC 5, "Scopes").
+    scope = scope_filter(entity)
+    options: dict[str, Any] = {"partialFilterExpression": scope,
+                               "name": f"{field}_1_{entity.name}_scope"} if scope else {}
     try:
-        name = collection.create_index(field, unique=True)
+        name = collection.create_index(field, unique=True, **options)
     except DuplicateKeyError:
         duplicates = [repr(d["_id"]) for d in collection.aggregate([
+            {"$match": scope},
             {"$group": {"_id": f"${field}", "n": {"$sum": 1}}},
             {"$match": {"n": {"$gt": 1}}}, {"$sort": {"_id": 1}}, {"$limit": 10}])]
         raise KeyIndexError(

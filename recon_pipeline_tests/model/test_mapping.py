@@ -81,7 +81,7 @@ def test_packaged_mapping_describes_the_demo_domain(pg_engine: sa.Engine) -> Non
         # unscoped (and with delete_orphans on, delete what it should not).
         (lambda r: r["entities"]["clients"]["source"].update({"wher": {"status": "active"}}),
          "mapping entity 'clients': unknown key 'wher' in source (expected: table, key, "
-         "updated_at, sync_tracking)"),
+         "updated_at, sync_tracking, where)"),
         (lambda r: r["entities"]["clients"]["target"].update({"colection": "x"}),
          "mapping entity 'clients': unknown key 'colection' in target"),
         (lambda r: r["entities"]["creditor_debts"]["target"]["embedded"].update(

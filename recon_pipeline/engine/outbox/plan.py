@@ -22,6 +22,7 @@ from recon_pipeline.model.normalize import (
     coerce_source_value,
     to_bson_value,
 )
+from recon_pipeline.model.scope import source_scope_admits
 from recon_pipeline.stores.outbox import OutboxMessage
 
 OPERATIONS = ("upsert", "delete")
@@ -154,6 +155,8 @@ def _column_kinds(entity: EntityMapping) -> dict[str, ValueKind]:
     if entity.target.embedded:
         kinds[entity.target.embedded.parent_key] = entity.parent_key_kind
     kinds.update({f.column: f.kind for f in entity.fields})
+    # `source.where` columns: a payload must say whether its row is in scope
+    kinds.update({c.column: c.kind for c in entity.source.where if c.column not in kinds})
     return kinds
 
 
@@ -175,6 +178,10 @@ def _plan_upsert(entity: EntityMapping, message: OutboxMessage,
                 raise InvalidPayload(
                     f"parent key column '{entity.target.embedded.parent_key}' is null")
         version = row_version(entity, row)
+        if not source_scope_admits(entity.source.where, row):
+            # The row left the scope (soft-deleted, another tenant...): its document must
+            # go, guarded by the row's version; nothing is created.
+            return PlannedDelivery(message, entity, key, key, None, None, version)
         # Projecting is the write's job (and its errors are found there too); here only
         # when the row may be too large, which most never are.
         if sum(4 * len(path) + _bson_bound(value) for path, value in row.items()) \

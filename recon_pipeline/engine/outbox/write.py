@@ -25,6 +25,7 @@ from recon_pipeline.engine.projection import (
     WriteOp,
     delete_ops,
     newer_than,
+    out_of_scope_error,
     presence_in,
     upsert_ops,
 )
@@ -164,8 +165,10 @@ def _judge_refused(db: Database[dict[str, Any]], entity: EntityMapping,
                    forms: KeyForms) -> None:
     """Document upserts that the blind guard refused. Stale where the document is newer;
     where only its `updated_at` is newer and its recorded version is not (the application
-    changed a document of ours), the guard that knows the document decides."""
-    if entity.version_fallback is None:
+    changed a document of ours), the guard that knows the document decides. With a
+    target scope, the key may be held by a document out of scope (read as none here):
+    that one is never touched, and the message fails saying so."""
+    if entity.version_fallback is None and not entity.target.where:
         outcomes.stale += plans
         return
     now = fetch_targets(db, entity, [p.key for p in plans])
@@ -173,8 +176,9 @@ def _judge_refused(db: Database[dict[str, Any]], entity: EntityMapping,
     for plan in plans:
         record = now.record_at(plan.key)
         if record is None:
-            outcomes.failed.append((plan, "not applied: the target document changed during "
-                                          "delivery"))
+            outcomes.failed.append((plan, out_of_scope_error(entity) if entity.target.where
+                                    else "not applied: the target document changed during "
+                                         "delivery"))
         elif newer_than(record, plan.version):
             outcomes.stale.append(plan)
         else:

@@ -54,6 +54,8 @@ _PATTERNS = [(name, re.compile(pattern)) for name, pattern in PHASES]
 
 
 def phase_of(stack: str) -> str:
+    if not stack:
+        return "interpreter start and exit (no Python frame)"
     for name, pattern in _PATTERNS:
         if pattern.search(stack):
             return name

@@ -117,12 +117,8 @@ def _checked(run: CliRun | JobRun, rows: int, what: str) -> None:
 
 
 def _steps(run: JobRun) -> str:
-    names: dict[str, float] = {}
-    for key, seconds in run.steps.items():
-        name = key.rsplit(".", 1)[-1].split("[", 1)[0]
-        names[name] = names.get(name, 0.0) + seconds
     chunks = sum(1 for key in run.steps if ".diff_chunk_op[" in key)
-    return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in names.items()) + (
+    return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in run.by_op().items()) + (
         f" ({chunks} diff chunks)")
 
 

@@ -67,13 +67,21 @@ class JobRun:
     def records_checked(self) -> int:
         return int(self.report["records_checked"])
 
+    def by_op(self) -> dict[str, float]:
+        """Seconds per op, in the order the steps ran: `reconciliation_report.diff_chunk_op[x]`
+        counts for `diff_chunk_op`, its fanned-out steps summed."""
+        ops: dict[str, float] = {}
+        for key, seconds in self.steps.items():
+            name = key.rsplit(".", 1)[-1].split("[", 1)[0]
+            ops[name] = ops.get(name, 0.0) + seconds
+        return ops
+
     def step(self, name: str) -> float:
-        """Seconds of the steps whose key ends with `name` (a fanned-out op: summed)."""
-        found = [s for key, s in self.steps.items()
-                 if key.rsplit(".", 1)[-1].split("[", 1)[0] == name]
-        if not found:
-            raise KeyError(f"no step {name!r} in {sorted(self.steps)}")
-        return sum(found)
+        """Seconds of op `name`'s steps (summed when fanned out)."""
+        ops = self.by_op()
+        if name not in ops:
+            raise KeyError(f"no step of op {name!r} in {sorted(self.steps)}")
+        return ops[name]
 
 
 def console_script(name: str = "recon-pipeline") -> str:

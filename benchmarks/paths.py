@@ -84,6 +84,11 @@ class JobRun:
         return ops[name]
 
 
+# The step processes' own console logger (STEP_WORKER_STARTED lines) follows the instance's
+# python_log_level, not the run config's loggers.
+QUIET_INSTANCE = {"python_logs": {"python_log_level": "WARNING"}}
+
+
 def console_script(name: str = "recon-pipeline") -> str:
     """The venv's console script beside the running interpreter."""
     path = Path(sys.executable).parent / name
@@ -182,7 +187,7 @@ def run_multiprocess(target: RunTarget, **options: Any) -> JobRun:
 
     with tempfile.TemporaryDirectory(prefix="recon-bench-dagster-") as home, \
             environment(child_environment(target)), \
-            DagsterInstance.local_temp(tempdir=home) as instance:
+            DagsterInstance.local_temp(tempdir=home, overrides=QUIET_INSTANCE) as instance:
         started = time.perf_counter()
         # Not `with execute_job(...)`: entering the result sets up the job's resources in
         # this process to load outputs, and with them the run lock, held after the run.

@@ -47,7 +47,7 @@ class Scale:
     def messages(self) -> int:
         if self.quick:
             return 10_000
-        return 100_000 if self.large else 50_000
+        return 100_000 if self.large else 30_000
 
 
 Section = tuple[str, Callable[[BenchServers, Scale], Iterable[str]]]

@@ -1,5 +1,6 @@
-"""Servers for a benchmark run (embedded ones in a temporary folder, or the URLs given), and
-a whole run through `reconciliation_job`: the path every user run takes, default settings."""
+"""Servers for a benchmark run: embedded ones in a temporary folder, or those that
+DATABASE_URL / MONGODB_URL name; a fresh database on them for each benchmark. How a run
+is launched on them and timed: benchmarks/paths.py."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from benchmarks.paths import RunTarget, run_in_process
 from recon_pipeline.local import embedded
 from recon_pipeline.local.environment import normalize_postgres_url
 from recon_pipeline.stores.postgres import create_engine
@@ -25,6 +26,10 @@ from recon_pipeline.stores.schema import init_schema
 class BenchServers:
     postgres_admin_url: str
     mongodb_url: str
+
+    def target(self, postgres_url: str, mongodb_database: str) -> RunTarget:
+        """Where a run points: a database `fresh_database` gave."""
+        return RunTarget(postgres_url, self.mongodb_url, mongodb_database)
 
     @contextmanager
     def fresh_database(self) -> Iterator[tuple[sa.Engine, str, str]]:
@@ -71,36 +76,6 @@ def bench_servers() -> Iterator[BenchServers]:
 
 
 def run_job(pg_url: str, mongo_url: str, db_name: str, **options: Any) -> dict[str, Any]:
-    """One in-process run of `reconciliation_job` with the packaged mapping (default
-    settings) and `recon_pipeline.run_config(**options)`; the report row it wrote."""
-    from dagster import DagsterInstance
-
-    import recon_pipeline
-    from recon_pipeline.cli.runner import QUIET_LOGGERS, reconciliation_job_def
-    from recon_pipeline.defs.partitions import partition_covering
-    from recon_pipeline.defs.resources import (
-        MappingResource,
-        MongoResource,
-        PostgresResource,
-        reconciliation_resources,
-    )
-    from recon_pipeline.stores import reports
-
-    now = datetime.now(UTC)
-    end = options.get("window_end")
-    resources = reconciliation_resources(
-        PostgresResource(database_url=pg_url),
-        MongoResource(mongodb_url=mongo_url, database=db_name), MappingResource())
-    with DagsterInstance.ephemeral() as instance:
-        result = reconciliation_job_def().execute_in_process(
-            run_config={**recon_pipeline.run_config(**options), **QUIET_LOGGERS},
-            instance=instance, resources=resources,
-            partition_key=partition_covering(end if isinstance(end, datetime) else now, now))
-    assert result.success
-    [event] = result.get_asset_materialization_events()
-    report_id = int(event.materialization.metadata["report_id"].value)  # type: ignore[arg-type]
-    engine = create_engine(pg_url)
-    try:
-        return reports.read_report(engine, report_id)
-    finally:
-        engine.dispose()
+    """One in-process run of `reconciliation_job` (benchmarks/paths.py `run_in_process`);
+    the report row it wrote."""
+    return run_in_process(RunTarget(pg_url, mongo_url, db_name), **options).report

@@ -3,6 +3,7 @@
 from dagster import Definitions
 
 from recon_pipeline.defs.assets import reconciliation_report
+from recon_pipeline.defs.executor import reconciliation_executor
 from recon_pipeline.defs.jobs import reconciliation_job
 from recon_pipeline.defs.resources import default_resources
 from recon_pipeline.defs.schedules import reconciliation_full_daily, reconciliation_hourly
@@ -12,4 +13,5 @@ defs = Definitions(
     jobs=[reconciliation_job],
     schedules=[reconciliation_hourly, reconciliation_full_daily],
     resources=default_resources(),
+    executor=reconciliation_executor,
 )

@@ -78,7 +78,8 @@ def with_forkserver_default(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def stop_forkserver() -> None:
     """Stop this process's forkserver, if one runs: the next run starts its own."""
-    multiprocessing.forkserver._forkserver._stop()
+    # A private method (CPython's own tests stop the server with it), on every 3.11.
+    multiprocessing.forkserver._forkserver._stop()  # type: ignore[attr-defined]
 
 
 class ForkserverPerRun(Executor):
@@ -116,7 +117,7 @@ def _create(context: InitExecutorContext) -> Executor:
 
 reconciliation_executor = ExecutorDefinition(
     name=multi_or_in_process_executor.name,
-    config_schema=multi_or_in_process_executor.config_schema,
+    config_schema=multi_or_in_process_executor.config_schema.as_field(),
     requirements=multi_or_in_process_executor.get_requirements,
     executor_creation_fn=_create,
     description="Dagster's default executor; its multiprocess mode starts steps from a "

@@ -47,6 +47,7 @@ class RunTimes:
     """One run's figures, seconds."""
 
     wall: float
+    cpu: float  # this process's CPU time over the run (its share of a loaded machine aside)
     definitions: float
     instance: float
     resource_init: float
@@ -62,7 +63,7 @@ def _step_name(key: str) -> str:
     return key.split(".", 1)[-1]
 
 
-def times_from_events(records: list[Any], wall: float, definitions: float,
+def times_from_events(records: list[Any], wall: float, cpu: float, definitions: float,
                       instance: float) -> RunTimes:
     """Step durations (STEP_START -> STEP_SUCCESS/FAILURE), resource set-up, and the wait
     from a step's worker starting (multiprocess) to its STEP_START, from the event log."""
@@ -90,7 +91,7 @@ def times_from_events(records: list[Any], wall: float, definitions: float,
         elif kind == "RESOURCE_INIT_SUCCESS" and init_started is not None:
             resource_init += at - init_started
             init_started = None
-    return RunTimes(wall, definitions, instance, resource_init, steps, step_starts)
+    return RunTimes(wall, cpu, definitions, instance, resource_init, steps, step_starts)
 
 
 def in_process_run(pg_url: str, mongo_url: str, db_name: str) -> RunTimes:
@@ -108,7 +109,7 @@ def in_process_run(pg_url: str, mongo_url: str, db_name: str) -> RunTimes:
     )
 
     start, end = empty_window()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     job = reconciliation_job_def()
     definitions = time.perf_counter() - began
     resources = reconciliation_resources(
@@ -122,10 +123,10 @@ def in_process_run(pg_url: str, mongo_url: str, db_name: str) -> RunTimes:
                                                     dry_run=True), **QUIET_LOGGERS},
             instance=instance, resources=resources,
             partition_key=partition_covering(end, datetime.now(UTC)))
-        wall = time.perf_counter() - began
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
         assert result.success
         records = list(instance.all_logs(result.run_id))
-    return times_from_events(records, wall, definitions, made)
+    return times_from_events(records, wall, cpu, definitions, made)
 
 
 def resource_setup(pg_url: str, mongo_url: str) -> dict[str, float]:
@@ -174,8 +175,9 @@ def import_seconds(stderr: str) -> float:
 
 
 def cli_process(pg_url: str, mongo_url: str, db_name: str, *,
-                importtime: bool = False) -> tuple[float, str]:
-    """Wall time of one `recon-pipeline run --dry-run --json` over the empty window."""
+                importtime: bool = False) -> tuple[float, float, str]:
+    """Wall and CPU time of one `recon-pipeline run --dry-run --json` over the empty
+    window, and its stderr."""
     start, end = empty_window()
     env = {**os.environ, "DATABASE_URL": pg_url, "MONGODB_URL": mongo_url,
            "MONGODB_DATABASE": db_name}
@@ -183,12 +185,14 @@ def cli_process(pg_url: str, mongo_url: str, db_name: str, *,
     command = [sys.executable, *(["-X", "importtime"] if importtime else []),
                "-m", "recon_pipeline.cli.main", "run", "--start", start.isoformat(),
                "--end", end.isoformat(), "--dry-run", "--json"]
-    began = time.perf_counter()
+    began, before = time.perf_counter(), os.times()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    wall = time.perf_counter() - began
+    wall, after = time.perf_counter() - began, os.times()
     if done.returncode != 0:
         raise RuntimeError(f"recon-pipeline run failed: {done.stderr[-2000:]}")
-    return wall, done.stderr
+    cpu = (after.children_user - before.children_user
+           + after.children_system - before.children_system)
+    return wall, cpu, done.stderr
 
 
 @contextmanager
@@ -244,16 +248,16 @@ def multiprocess_run(env: dict[str, str], execution: dict[str, Any] | None) -> R
     if execution is not None:
         run_config["execution"] = {"config": {"multiprocess": execution}}
     with environment(env):
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         with DagsterInstance.get() as instance:
             made = time.perf_counter() - began
             result = execute_job(reconstructable(reconciliation_job_def), instance=instance,
                                  tags={"dagster/partition": last_complete_hour(end)},
                                  run_config=run_config)
-            wall = time.perf_counter() - began
+            wall, cpu = time.perf_counter() - began, time.process_time() - cpu
             assert result.success
             records = list(instance.all_logs(result.run_id))
-    return times_from_events(records, wall, 0.0, made)
+    return times_from_events(records, wall, cpu, 0.0, made)
 
 
 def _seconds(value: float) -> str:
@@ -267,12 +271,14 @@ def describe_in_process(runs: list[RunTimes]) -> list[str]:
     rest = typical.wall - typical.definitions - typical.instance - typical.in_steps
     return [
         info("fixed cost, in process, first run in this process",
-             f"{_seconds(runs[0].wall)} (first-use imports inside Dagster included)"),
+             f"{_seconds(runs[0].wall)} wall, {_seconds(runs[0].cpu)} CPU (first-use imports "
+             "inside Dagster included)"),
         info("fixed cost, in process, where it goes",
              f"definitions {_seconds(typical.definitions)}, instance "
              f"{_seconds(typical.instance)}, resources set up {_seconds(typical.resource_init)},"
              f" steps {_seconds(typical.in_steps)}, Dagster between steps (events, plan, "
-             f"outputs) {_seconds(rest - typical.resource_init)}; of {_seconds(typical.wall)}"),
+             f"outputs) {_seconds(rest - typical.resource_init)}; of {_seconds(typical.wall)} "
+             f"wall, {_seconds(typical.cpu)} CPU in this process"),
         info("fixed cost, in process, steps (s)", steps),
     ]
 
@@ -320,11 +326,12 @@ def run(servers: BenchServers, quick: bool = False) -> list[str]:
         setup = resource_setup(url, servers.mongodb_url)
         lines.append(info("resource set-up, once per step process", ", ".join(
             f"{name} {seconds:.2f} s" for name, seconds in setup.items())))
-        wall, _ = cli_process(url, servers.mongodb_url, db_name)
-        timed_wall, stderr = cli_process(url, servers.mongodb_url, db_name, importtime=True)
+        wall, cpu, _ = cli_process(url, servers.mongodb_url, db_name)
+        timed_wall, _, stderr = cli_process(url, servers.mongodb_url, db_name, importtime=True)
         lines.append(info("recon-pipeline run --dry-run --json, whole process",
-                          f"{_seconds(wall)} wall (under -X importtime {_seconds(timed_wall)}, "
-                          f"of which imports {_seconds(import_seconds(stderr))})"))
+                          f"{_seconds(wall)} wall, {_seconds(cpu)} CPU (under -X importtime "
+                          f"{_seconds(timed_wall)}, of which imports "
+                          f"{_seconds(import_seconds(stderr))})"))
         with dagster_home(servers) as home:
             env = {"DATABASE_URL": url, "MONGODB_URL": servers.mongodb_url,
                    "MONGODB_DATABASE": db_name, **home}

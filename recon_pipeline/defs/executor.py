@@ -4,14 +4,15 @@ multiprocess mode starts each step from a forkserver unless the run config names
 `start_method`.
 
 Dagster's own default, `spawn`, starts a fresh interpreter for every step, which imports
-dagster and this code location again: seconds per step, and a run is a chain of about eight
-steps. A forkserver imports them once per run (`PRELOAD_MODULES`), and each step is a fork
+dagster and this code location again: seconds per step, and a run is a chain of seven
+steps or more. A forkserver imports them once per run (`PRELOAD_MODULES`), and each step is a fork
 of it. `execute_in_process` (the CLI, the tests) never gets here.
 
 The forkserver is started for each run and stopped when the run ends: a step forked from
 it sees the environment (`DATABASE_URL`, ...) of the moment the forkserver started, so a
 process that makes several runs (a test session, a notebook) must not hand a later run a
-forkserver started for an earlier one."""
+forkserver started for an earlier one. Dagster's run workers make one run per process;
+two multiprocess runs at once in one process (threads) would stop each other's."""
 
 from __future__ import annotations
 

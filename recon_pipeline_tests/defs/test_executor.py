@@ -109,6 +109,7 @@ def test_each_run_gets_a_forkserver_of_its_own(monkeypatch: pytest.MonkeyPatch) 
     inner = ForksOneStep()
     for value in ("first run", "second run"):
         monkeypatch.setenv("RECON_EXECUTOR_PROBE", value)
-        list(ForkserverPerRun(inner, "forkserver").execute(None, None))
-        assert multiprocessing.forkserver._forkserver._forkserver_pid is None  # type: ignore[attr-defined]
+        list(ForkserverPerRun(inner, "forkserver").execute(None, None))  # type: ignore[arg-type]
+        server = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
+        assert server._forkserver_pid is None
     assert inner.seen == ["first run", "second run"]

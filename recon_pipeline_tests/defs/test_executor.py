@@ -110,6 +110,6 @@ def test_each_run_gets_a_forkserver_of_its_own(monkeypatch: pytest.MonkeyPatch) 
     for value in ("first run", "second run"):
         monkeypatch.setenv("RECON_EXECUTOR_PROBE", value)
         list(ForkserverPerRun(inner, "forkserver").execute(None, None))  # type: ignore[arg-type]
-        server = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
-        assert server._forkserver_pid is None
+        server = multiprocessing.forkserver._forkserver
+        assert server._forkserver_pid is None  # type: ignore[attr-defined]
     assert inner.seen == ["first run", "second run"]

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from benchmarks import bench_engine, bench_outbox, bench_reconcile
+from benchmarks import bench_engine, bench_fixed, bench_outbox, bench_reconcile
 from benchmarks.servers import BenchServers, bench_servers
 
 
@@ -58,6 +58,7 @@ SECTIONS: list[Section] = [
     ("outbox delivery through the job",
      lambda servers, scale: bench_outbox.run(servers, scale.messages)),
     ("engine CPU, rows fed from memory", lambda servers, scale: bench_engine.run(scale.quick)),
+    ("fixed cost of one run", lambda servers, scale: bench_fixed.run(servers, scale.quick)),
 ]
 
 

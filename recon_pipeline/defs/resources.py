@@ -1,10 +1,12 @@
 """Dagster resources for the two servers, the mapping and the run lock: values from the
 environment; each step gets its own copy, whose clients are created on first use and
-closed when the step ends, and whose mapping is read once."""
+closed when the step ends, and whose mapping is read once. The copies a step holds share
+one PostgreSQL engine (the run lock's and the ops')."""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,23 +29,55 @@ from recon_pipeline.stores.mongo import create_client
 from recon_pipeline.stores.postgres import connect_engine, load_mapping, name_lost_server
 
 
+class _SharedEngines:
+    """One engine per URL in a process, lent to every PostgresResource copy that asks and
+    disposed when the last one gives it back: a step sets up the ops' copy and the run
+    lock's, and one pool and one first connection serve both."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lent: dict[str, tuple[sa.Engine, int]] = {}
+
+    def borrow(self, url: str) -> sa.Engine:
+        with self._lock:
+            engine, users = self._lent.get(url) or (None, 0)
+            if engine is None:
+                engine = name_lost_server(connect_engine(url), url)
+            self._lent[url] = (engine, users + 1)
+            return engine
+
+    def give_back(self, url: str) -> None:
+        with self._lock:
+            engine, users = self._lent[url]
+            if users > 1:
+                self._lent[url] = (engine, users - 1)
+                return
+            del self._lent[url]
+        engine.dispose()
+
+
+_engines = _SharedEngines()
+
+
 class PostgresResource(ConfigurableResource):  # type: ignore[misc]
     """The source of truth. No URL: the embedded server (started when needed)."""
 
     database_url: str | None = None
     _engine: sa.Engine | None = PrivateAttr(default=None)
+    _engine_url: str | None = PrivateAttr(default=None)
 
     def url(self) -> str:
         return normalize_postgres_url(self.database_url or resolve_environment().database_url)
 
     @property
     def engine(self) -> sa.Engine:
-        """This step's engine: connected on first use, disposed when the step ends.
+        """This step's engine: connected on first use, given back when the step ends.
         PostgreSQL going away under the step (a restart, a crash) fails it with
         DatabaseUnavailable naming the server, not a driver error."""
         if self._engine is None:
             url = self.url()
-            self._engine = name_lost_server(connect_engine(url), url)
+            self._engine = _engines.borrow(url)
+            self._engine_url = url
         return self._engine
 
     @contextmanager
@@ -51,9 +85,9 @@ class PostgresResource(ConfigurableResource):  # type: ignore[misc]
         try:
             yield self
         finally:
-            if self._engine is not None:
-                self._engine.dispose()
-                self._engine = None
+            if self._engine_url is not None:
+                _engines.give_back(self._engine_url)
+            self._engine = self._engine_url = None
 
 
 class MongoResource(ConfigurableResource):  # type: ignore[misc]

@@ -263,12 +263,12 @@ def test_a_celery_run_on_two_workers_counts_as_in_process_and_never_overlaps_ano
 def test_recon_executor_selects_the_executor_and_names_what_it_accepts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from recon_pipeline.defs.executors import selected_executor
+    from recon_pipeline.defs.executor import reconciliation_executor, selected_executor
 
     monkeypatch.delenv("RECON_EXECUTOR", raising=False)
-    assert selected_executor() is None  # Dagster's default: the multiprocess executor
+    assert selected_executor() is reconciliation_executor  # multiprocess, forkserver
     monkeypatch.setenv("RECON_EXECUTOR", "multiprocess")
-    assert selected_executor() is None
+    assert selected_executor() is reconciliation_executor
     monkeypatch.setenv("RECON_EXECUTOR", " Celery ")
     executor = selected_executor()
     assert executor is not None and executor.name == "celery"

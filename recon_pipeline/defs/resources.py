@@ -157,7 +157,9 @@ class RunLock(ConfigurableResource):  # type: ignore[misc]
 
     @contextmanager
     def yield_for_execution(self, context: InitResourceContext) -> Iterator[RunLock]:
-        if context.run is None:  # built outside a run: nothing to keep apart
+        if context.run is None or context.run.is_finished:
+            # Built outside a run, or after it (`with execute_job(...) as result` sets the
+            # resources up again to load outputs): no step runs, nothing to keep apart.
             yield self
             return
         claimant = run_lock.Claimant.this_process(context.run.run_id)

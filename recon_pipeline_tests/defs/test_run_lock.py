@@ -309,6 +309,28 @@ def test_a_failed_multiprocess_run_frees_the_lock(
     assert mongo_db.list_collection_names() == []
 
 
+def test_reading_a_finished_runs_outputs_does_not_take_the_lock(
+    pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], config: ReconConfig,
+    dagster_postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`with execute_job(...) as result` sets the job's resources up again in the calling
+    process, to load outputs, after the run: that is no step, and must not hold the lock
+    for a lease (the next run would wait two minutes for nothing)."""
+    seed(pg_engine, mongo_db, config, clients=CLIENTS)
+    for name, value in {"DATABASE_URL": pg_url, "MONGODB_URL": mongo_url_of(mongo_db),
+                        "MONGODB_DATABASE": mongo_db.name,
+                        **write_dagster_home(tmp_path / "home", dagster_postgres_url)}.items():
+        monkeypatch.setenv(name, value)
+    with DagsterInstance.get() as instance, execute_job(
+            reconstructable(reconciliation_job_def), instance=instance,
+            tags={"dagster/partition": PARTITION},
+            run_config=recon_pipeline.run_config(**WINDOW)) as result:
+        assert result.success
+        ticket = result.output_for_node("reconciliation_report.start_run")
+        assert ticket.run_id == result.run_id
+    assert run_lock.current_holder(pg_engine) is None
+
+
 def assert_one_at_a_time(rows: list[dict[str, Any]], run_ids: set[str]) -> None:
     assert {r["run_id"] for r in rows} == run_ids
     assert all(r["finished_at"] is not None for r in rows)

@@ -7,7 +7,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,9 +70,12 @@ def bench_servers() -> Iterator[BenchServers]:
                 embedded.stop_server(server)
 
 
-def run_job(pg_url: str, mongo_url: str, db_name: str, **options: Any) -> dict[str, Any]:
+def run_job(pg_url: str, mongo_url: str, db_name: str, instance: Any = None,
+            **options: Any) -> dict[str, Any]:
     """One in-process run of `reconciliation_job` with the packaged mapping (default
-    settings) and `recon_pipeline.run_config(**options)`; the report row it wrote."""
+    settings) and `recon_pipeline.run_config(**options)`; the report row it wrote.
+    `instance`: a DagsterInstance to run on (to read the run's step stats afterwards),
+    an ephemeral one by default."""
     from dagster import DagsterInstance
 
     import recon_pipeline
@@ -91,7 +94,7 @@ def run_job(pg_url: str, mongo_url: str, db_name: str, **options: Any) -> dict[s
     resources = reconciliation_resources(
         PostgresResource(database_url=pg_url),
         MongoResource(mongodb_url=mongo_url, database=db_name), MappingResource())
-    with DagsterInstance.ephemeral() as instance:
+    with nullcontext(instance) if instance else DagsterInstance.ephemeral() as instance:
         result = reconciliation_job_def().execute_in_process(
             run_config={**recon_pipeline.run_config(**options), **QUIET_LOGGERS},
             instance=instance, resources=resources,

@@ -216,10 +216,15 @@ class _Group:
     keys: list[Any]
     sources: dict[Any, dict[str, Any]]
     bad: list[Outcome]
+    stopped: bool = False  # another batch of the run stopped repair before this group
 
 
-def _read_group(engine: sa.Engine, entity: EntityMapping,
-                rows: Sequence[MismatchRow]) -> _Group:
+def _read_group(engine: sa.Engine, entity: EntityMapping, rows: Sequence[MismatchRow],
+                stopped: Callable[[], bool] | None = None) -> _Group:
+    """The group's source rows; with `stopped`, first whether repair was stopped (then
+    nothing is read)."""
+    if stopped is not None and stopped():
+        return _Group(entity, rows, [], {}, [], stopped=True)
     keys: list[Any] = []
     bad: list[Outcome] = []
     for mismatch in rows:
@@ -234,12 +239,34 @@ def _read_group(engine: sa.Engine, entity: EntityMapping,
                   fetch_rows(engine, entity, keys), bad)
 
 
+@dataclass(slots=True)
+class _Written:
+    """A group once MongoDB is done with it: what was decided before writing, and what
+    verification needs (judged later, off the path of the MongoDB requests)."""
+
+    entity: EntityMapping
+    decided: list[Outcome]
+    plan: _Plan | None = None
+    after: TargetSnapshot | None = None
+    failures: dict[int, str] = field(default_factory=dict)
+
+    def outcomes(self) -> tuple[list[Outcome], list[Any]]:
+        """Every outcome of the group, and the keys of the source rows now verified in
+        MongoDB."""
+        if self.plan is None or self.after is None:
+            return self.decided, []
+        outcomes = self.decided + _verify(self.entity, self.plan, self.after, self.failures)
+        repaired = [self.plan.written[i][0] for i, status, _ in outcomes
+                    if status == "repaired" and self.plan.written[i][1] is not None]
+        return outcomes, repaired
+
+
 def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: bool,
-                  layouts: KeyLayouts) -> tuple[list[Outcome], list[Any], RepairStop | None]:
-    """Re-read the targets, write, verify. Returns the outcomes, the keys of the source
-    rows now verified in MongoDB, and why repair must stop when MongoDB failed: the
-    mismatches the error touched are `failed` with it. Without the unique index its key
-    needs, an entity's repairs all fail, naming the index: nothing of it is written."""
+                  layouts: KeyLayouts) -> tuple[_Written, RepairStop | None]:
+    """Re-read the targets, write, re-read. Returns the group to verify and record, and
+    why repair must stop when MongoDB failed: the mismatches the error touched are
+    `failed` with it. Without the unique index its key needs, an entity's repairs all
+    fail, naming the index: nothing of it is written."""
     entity, rows = group.entity, group.rows
     embedded = entity.target.embedded
     parents = None
@@ -250,40 +277,39 @@ def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: b
     try:
         layout = layouts.of(entity)
         if layout.missing_index is not None:
-            return group.bad + [(m.id, "failed", layout.missing_index) for m in rows], [], None
+            return _Written(entity, group.bad + [(m.id, "failed", layout.missing_index)
+                                                 for m in rows]), None
         before = fetch_targets(db, entity, group.keys, parents)
     except PyMongoError as error:
         # Orphans that are only reported were never going to be written: they stay so.
         stop = _stop(error)
-        return group.bad + [
+        return _Written(entity, group.bad + [
             (m.id, "reported", None) if m.kind == MismatchKind.ORPHAN_IN_MONGO
-            and not delete_orphans else (m.id, "failed", stop.error) for m in rows], [], stop
+            and not delete_orphans else (m.id, "failed", stop.error) for m in rows]), stop
     plan = _plan_entity(entity, rows, group.sources, before, delete_orphans, layout.forms)
     try:
         failures = _write(db, entity, plan)
         after = fetch_targets(db, entity, [k for k, _, _ in plan.written.values()], parents)
     except PyMongoError as error:  # nothing written can be verified
         stop = _stop(error)
-        return (group.bad + plan.outcomes + [(i, "failed", stop.error) for i in plan.written],
-                [], stop)
-    outcomes = group.bad + plan.outcomes + _verify(entity, plan, after, failures)
-    repaired = [plan.written[i][0] for i, status, _ in outcomes
-                if status == "repaired" and plan.written[i][1] is not None]
-    # Write errors fail only their own mismatches (the rest were verified), but end repair.
-    return outcomes, repaired, RepairStop(failures[min(failures)], False) if failures else None
+        return _Written(entity, group.bad + plan.outcomes
+                        + [(i, "failed", stop.error) for i in plan.written]), stop
+    # Write errors fail only their own mismatches (the rest are verified), but end repair.
+    return (_Written(entity, group.bad + plan.outcomes, plan, after, failures),
+            RepairStop(failures[min(failures)], False) if failures else None)
 
 
 _Bumps = tuple[EntityMapping, list[WriteOp]]
 
 
-def _record(engine: sa.Engine, entity: EntityMapping, outcomes: list[Outcome],
-            repaired: list[Any], now: datetime) -> _Bumps:
+def _record(engine: sa.Engine, written: _Written, now: datetime) -> _Bumps:
     """The group's outcomes and sync marks (one transaction, stores/reports.py), and the
     writes that give MongoDB the versions the marks bumped, to be made once committed (a
     version the source may still roll back must not reach MongoDB: its guard would then
     refuse every repair of the row)."""
-    bumped = reports.record_repair_outcomes(engine, entity, outcomes, repaired, now)
-    return entity, version_bump_ops(entity, bumped)
+    outcomes, repaired = written.outcomes()
+    bumped = reports.record_repair_outcomes(engine, written.entity, outcomes, repaired, now)
+    return written.entity, version_bump_ops(written.entity, bumped)
 
 
 def _give_bumped_versions(db: Database[dict[str, Any]], bumps: _Bumps) -> None:
@@ -294,11 +320,12 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
                    groups: Sequence[tuple[EntityMapping, Sequence[MismatchRow]]], *,
                    delete_orphans: bool, now: datetime,
                    stopped: Callable[[], bool]) -> RepairStop | None:
-    """Repair group after group. MongoDB sees the groups strictly one after another; the
-    PostgreSQL side runs on one helper thread, a group ahead (re-reading source rows)
-    and a group behind (recording outcomes), so neither waits for the other. A MongoDB
-    error, here or in another batch of the run (`stopped`), ends the batch once the
-    groups before are recorded; any other error stops it the same way, raising."""
+    """Repair group after group. MongoDB sees the groups strictly one after another, and
+    nothing else waits in their way: the PostgreSQL side runs on one helper thread, a
+    group ahead (asking whether another batch of the run stopped repair (`stopped`),
+    re-reading source rows) and a group behind (verifying, recording outcomes). A MongoDB
+    error, here or in another batch, ends the batch once the groups before are
+    recorded; any other error stops it the same way, raising."""
     stop: RepairStop | None = None
     if not groups:
         return stop
@@ -308,15 +335,14 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
         recording: Future[_Bumps] | None = None
         for index in range(len(groups)):
             group = reading.result()
-            if index > 0 and stopped():
+            if group.stopped:
                 break
             if index + 1 < len(groups):
-                reading = postgres.submit(_read_group, engine, *groups[index + 1])
-            outcomes, repaired, stop = _repair_group(db, group, delete_orphans, layouts)
+                reading = postgres.submit(_read_group, engine, *groups[index + 1], stopped)
+            written, stop = _repair_group(db, group, delete_orphans, layouts)
             if recording is not None:
                 _give_bumped_versions(db, recording.result())
-            recording = postgres.submit(_record, engine, group.entity, outcomes, repaired,
-                                        now)
+            recording = postgres.submit(_record, engine, written, now)
             if stop is not None:
                 break
         if recording is not None:

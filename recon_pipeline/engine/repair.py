@@ -25,6 +25,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
 from recon_pipeline.engine.extract import STRAY_KEY
+from recon_pipeline.engine.prefetch import prefetched
 from recon_pipeline.engine.projection import (
     WriteOp,
     delete_ops,
@@ -42,6 +43,7 @@ from recon_pipeline.stores.mongo import mongo_error_text
 from recon_pipeline.stores.reports import MismatchRow
 from recon_pipeline.stores.source import fetch_rows
 from recon_pipeline.stores.target import (
+    IN_BATCH,
     KeyForms,
     KeyLayouts,
     TargetRecord,
@@ -68,6 +70,12 @@ class _Plan:
         self.ops += ops
         self.op_owner += [mismatch_id] * len(ops)
         self.written[mismatch_id] = (key, row, parent)
+
+    def extend(self, other: _Plan) -> None:
+        self.ops += other.ops
+        self.op_owner += other.op_owner
+        self.written.update(other.written)
+        self.outcomes += other.outcomes
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +269,65 @@ class _Written:
         return outcomes, repaired
 
 
+@dataclass(frozen=True, slots=True)
+class _Slice:
+    """The mismatches of a group whose targets one `$in` read finds (the keys, or for
+    embedded entities the parent documents, of at most `IN_BATCH` of them)."""
+
+    rows: list[MismatchRow]
+    keys: list[Any]
+    parents: list[Any] | None
+
+
+def _slices(group: _Group) -> list[_Slice]:
+    """The group's mismatches by the read that finds their targets, in the order
+    `fetch_targets` reads them: so each slice is planned while the next one is read.
+    Mismatches that need no target (a stray key, a source row gone) go in the first."""
+    entity = group.entity
+    embedded = entity.target.embedded
+    by_lookup: dict[Any, list[MismatchRow]] = {}
+    loose: list[MismatchRow] = []
+    for mismatch in group.rows:
+        if mismatch.fields and STRAY_KEY in mismatch.fields:
+            loose.append(mismatch)
+            continue
+        lookup = typed_key(entity, mismatch.record_key)
+        if embedded is not None:
+            source = group.sources.get(lookup)
+            if mismatch.kind == MismatchKind.ORPHAN_IN_MONGO:
+                lookup = _orphan_parent(entity, mismatch)
+            elif source is None:
+                loose.append(mismatch)
+                continue
+            else:
+                lookup = source[embedded.parent_key]
+        by_lookup.setdefault(lookup, []).append(mismatch)
+    lookups = list(by_lookup)
+    slices = []
+    for start in range(0, max(len(lookups), 1), IN_BATCH):
+        batch = lookups[start:start + IN_BATCH]
+        rows = [mismatch for lookup in batch for mismatch in by_lookup[lookup]]
+        slices.append(_Slice(rows, [typed_key(entity, m.record_key) for m in rows],
+                             batch if embedded is not None else None))
+    slices[0].rows[:0] = loose
+    return slices
+
+
+def _plan_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: bool,
+                forms: KeyForms) -> _Plan:
+    """Read the targets before writing and plan the writes: a helper thread reads slice
+    after slice (MongoDB sees the same reads in the same order) while this one plans
+    those already read."""
+    entity = group.entity
+    plan = _Plan()
+    reads = ((part, fetch_targets(db, entity, part.keys, part.parents))
+             for part in _slices(group))
+    for part, before in prefetched(reads):
+        plan.extend(_plan_entity(entity, part.rows, group.sources, before, delete_orphans,
+                                 forms))
+    return plan
+
+
 def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: bool,
                   layouts: KeyLayouts) -> tuple[_Written, RepairStop | None]:
     """Re-read the targets, write, re-read. Returns the group to verify and record, and
@@ -279,14 +346,13 @@ def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: b
         if layout.missing_index is not None:
             return _Written(entity, group.bad + [(m.id, "failed", layout.missing_index)
                                                  for m in rows]), None
-        before = fetch_targets(db, entity, group.keys, parents)
+        plan = _plan_group(db, group, delete_orphans, layout.forms)
     except PyMongoError as error:
         # Orphans that are only reported were never going to be written: they stay so.
         stop = _stop(error)
         return _Written(entity, group.bad + [
             (m.id, "reported", None) if m.kind == MismatchKind.ORPHAN_IN_MONGO
             and not delete_orphans else (m.id, "failed", stop.error) for m in rows]), stop
-    plan = _plan_entity(entity, rows, group.sources, before, delete_orphans, layout.forms)
     try:
         failures = _write(db, entity, plan)
         after = fetch_targets(db, entity, [k for k, _, _ in plan.written.values()], parents)

@@ -29,7 +29,7 @@ from pymongo.collection import Collection
 from benchmarks.bench_reconcile import ENTITY, seed, window
 from benchmarks.servers import BenchServers, bench_servers, run_job
 from benchmarks.verdict import info, verdict
-from recon_pipeline.engine.projection import Presence, upsert_ops
+from recon_pipeline.engine.projection import Presence, WriteOp, upsert_ops
 from recon_pipeline.engine.repair import GROUP_SIZE
 from recon_pipeline.local.environment import packaged_mapping_path
 from recon_pipeline.model.mapping import EntityMapping
@@ -71,10 +71,10 @@ def repair_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
 
 
 def repair_ops(engine: sa.Engine, collection: Collection[dict[str, Any]],
-               entity: EntityMapping, keys: Sequence[int]) -> list[UpdateOne]:
+               entity: EntityMapping, keys: Sequence[int]) -> list[WriteOp]:
     """The update ops repair makes for `keys` (with the target as read before writing)."""
     layout = KeyLayouts(collection.database).of(entity)
-    ops: list[UpdateOne] = []
+    ops: list[WriteOp] = []
     for start in range(0, len(keys), GROUP_SIZE):
         group = keys[start:start + GROUP_SIZE]
         rows = fetch_rows(engine, entity, group)
@@ -94,7 +94,7 @@ def _read(collection: Collection[dict[str, Any]], entity: EntityMapping,
 
 
 def floor_seconds(collection: Collection[dict[str, Any]], entity: EntityMapping,
-                  keys: Sequence[int], ops: Sequence[UpdateOne]) -> float:
+                  keys: Sequence[int], ops: Sequence[WriteOp]) -> float:
     """Raw read, bulk_write, read again, group after group as repair goes."""
     started = time.perf_counter()
     for start in range(0, len(keys), GROUP_SIZE):
@@ -106,10 +106,10 @@ def floor_seconds(collection: Collection[dict[str, Any]], entity: EntityMapping,
     return time.perf_counter() - started
 
 
-def per_doc_seconds(collection: Collection[dict[str, Any]], ops: Sequence[UpdateOne]) -> float:
+def per_doc_seconds(collection: Collection[dict[str, Any]], ops: Sequence[WriteOp]) -> float:
     started = time.perf_counter()
     for op in ops:
-        collection.update_one(op._filter, op._doc, upsert=True)  # type: ignore[attr-defined]
+        collection.update_one(op._filter, op._doc, upsert=True)  # type: ignore[union-attr]
     return time.perf_counter() - started
 
 

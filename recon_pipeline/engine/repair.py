@@ -23,59 +23,33 @@ import sqlalchemy as sa
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
-from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
+from recon_pipeline.engine.diff import MismatchKind
 from recon_pipeline.engine.extract import STRAY_KEY
 from recon_pipeline.engine.prefetch import prefetched
-from recon_pipeline.engine.projection import (
-    WriteOp,
-    delete_ops,
-    newer_than,
-    presence_in,
-    row_version,
-    upsert_ops,
-    version_bump_ops,
+from recon_pipeline.engine.projection import WriteOp, version_bump_ops
+from recon_pipeline.engine.repair_plan import (
+    Outcome,
+    RepairPlan,
+    orphan_parent,
+    plan_writes,
+    slices_of,
+    typed_key,
+    verify_writes,
 )
 from recon_pipeline.model.mapping import EntityMapping, ReconConfig, Settings
 from recon_pipeline.model.masking import mask_text
-from recon_pipeline.model.normalize import ValueCoercionError, coerce_source_value, key_of
+from recon_pipeline.model.normalize import ValueCoercionError
 from recon_pipeline.stores import reports
 from recon_pipeline.stores.mongo import mongo_error_text
 from recon_pipeline.stores.reports import MismatchRow
 from recon_pipeline.stores.source import fetch_rows
 from recon_pipeline.stores.target import (
-    IN_BATCH,
     KeyForms,
     KeyLayouts,
-    TargetRecord,
     TargetSnapshot,
     fetch_targets,
 )
 from recon_pipeline.stores.target_write import DUPLICATE_KEY, bulk_write_ops, write_best_effort
-
-Outcome = tuple[int, str, str | None]  # (mismatch id, repair_status, repair_error)
-
-
-@dataclass(slots=True)
-class _Plan:
-    """What one entity's batch will do: writes, and the mismatches they should fix."""
-
-    ops: list[WriteOp] = field(default_factory=list)
-    op_owner: list[int] = field(default_factory=list)  # op index -> mismatch id
-    # mismatch id -> (key, source row written or None for a deletion, parent)
-    written: dict[int, tuple[Any, dict[str, Any] | None, Any]] = field(default_factory=dict)
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    def write(self, mismatch_id: int, ops: list[WriteOp], key: Any,
-              row: dict[str, Any] | None, parent: Any) -> None:
-        self.ops += ops
-        self.op_owner += [mismatch_id] * len(ops)
-        self.written[mismatch_id] = (key, row, parent)
-
-    def extend(self, other: _Plan) -> None:
-        self.ops += other.ops
-        self.op_owner += other.op_owner
-        self.written.update(other.written)
-        self.outcomes += other.outcomes
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,71 +80,8 @@ def repairable_kinds(settings: Settings) -> list[str]:
     return kinds
 
 
-def typed_key(entity: EntityMapping, record_key: str) -> Any:
-    return coerce_source_value(record_key, entity.key_kind)
-
-
-def _orphan_parent(entity: EntityMapping, row: MismatchRow) -> Any:
-    embedded = entity.target.embedded
-    if embedded is None or not row.fields:
-        return None
-    # stored as JSON: a UUID parent as its string, back in the source's terms here
-    return key_of((row.fields.get(embedded.parent_key) or {}).get("target"),
-                  entity.parent_key_kind)
-
-
-def _record_for(entity: EntityMapping, snapshot: TargetSnapshot, key: Any,
-                parent: Any) -> TargetRecord | None:
-    return snapshot.record_at(key, parent if entity.target.embedded else None)
-
-
-def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
-                 sources: dict[Any, dict[str, Any]], snapshot: TargetSnapshot,
-                 delete_orphans: bool, forms: KeyForms) -> _Plan:
-    plan = _Plan()
-    embedded = entity.target.embedded
-    for mismatch in rows:
-        if mismatch.fields and STRAY_KEY in mismatch.fields:
-            stray = mismatch.fields[STRAY_KEY]["target"]
-            plan.outcomes.append((mismatch.id, "reported",
-                                  f"key of type {stray}: no source row can have it, so it "
-                                  f"is not deleted automatically"))
-            continue
-        key = typed_key(entity, mismatch.record_key)
-        source = sources.get(key)
-        orphan_parent = _orphan_parent(entity, mismatch)
-        if mismatch.kind == MismatchKind.ORPHAN_IN_MONGO and (
-                source is None or (embedded and source[embedded.parent_key] != orphan_parent)):
-            # Still no source row where it sits (an element may have a row under another
-            # parent: the copy here is stale all the same).
-            parent = orphan_parent
-            record = _record_for(entity, snapshot, key, parent)
-            if record is None:
-                plan.outcomes.append((mismatch.id, "resolved", None))
-            elif not delete_orphans:
-                plan.outcomes.append((mismatch.id, "reported", None))
-            else:
-                plan.write(mismatch.id, delete_ops(entity, key, parent, record.version,
-                                                   exact=True, seen=record),
-                           key, None, parent)
-            continue
-        if source is None:
-            # Deleted at the source since detection: the next run judges what is left.
-            plan.outcomes.append((mismatch.id, "failed",
-                                  "source row no longer exists; the next run re-judges it"))
-            continue
-        parent = source[embedded.parent_key] if embedded else None
-        if judge(entity, source, _record_for(entity, snapshot, key, parent)) is None:
-            plan.outcomes.append((mismatch.id, "resolved", None))
-            continue
-        presence = presence_in(snapshot, entity, key, parent)
-        seen = _record_for(entity, snapshot, key, parent)
-        plan.write(mismatch.id, upsert_ops(entity, source, presence, forms, seen), key, source,
-                   parent)
-    return plan
-
-
-def _write(db: Database[dict[str, Any]], entity: EntityMapping, plan: _Plan) -> dict[int, str]:
+def _write(db: Database[dict[str, Any]], entity: EntityMapping,
+           plan: RepairPlan) -> dict[int, str]:
     """Bulk-write the plan; returns mismatch id -> write error (duplicate keys are the
     version guard refusing an upsert: verification reports those). A write concern
     error fails every write of the plan: a fix not durable as asked is not verified."""
@@ -185,32 +96,6 @@ def _write(db: Database[dict[str, Any]], entity: EntityMapping, plan: _Plan) -> 
         for owner in plan.op_owner:
             failures.setdefault(owner, mask_text(outcome.write_concern_error))
     return failures
-
-
-def _verify(entity: EntityMapping, plan: _Plan, after: TargetSnapshot,
-            failures: dict[int, str]) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    for mismatch_id, (key, source, parent) in plan.written.items():
-        if mismatch_id in failures:
-            outcomes.append((mismatch_id, "failed", failures[mismatch_id]))
-            continue
-        record = _record_for(entity, after, key, parent)
-        if source is None:  # an orphan deletion
-            gone = record is None
-            outcomes.append((mismatch_id, "repaired" if gone else "failed",
-                             None if gone else "orphan changed since it was read"))
-            continue
-        if judge(entity, source, record) is None:
-            outcomes.append((mismatch_id, "repaired", None))
-        elif newer_than(record, row_version(entity, source)):
-            outcomes.append((mismatch_id, "failed",
-                             "version guard: MongoDB holds a newer source version"))
-        else:
-            fields = sorted(field_differences(entity, source, record)) if record else []
-            outcomes.append((mismatch_id, "failed",
-                             f"still differs after write: {', '.join(fields) or 'missing'}"))
-    return outcomes
-
 
 GROUP_SIZE = 500  # mismatches of one entity per bulk write
 
@@ -254,7 +139,7 @@ class _Written:
 
     entity: EntityMapping
     decided: list[Outcome]
-    plan: _Plan | None = None
+    plan: RepairPlan | None = None
     after: TargetSnapshot | None = None
     failures: dict[int, str] = field(default_factory=dict)
 
@@ -263,68 +148,24 @@ class _Written:
         MongoDB."""
         if self.plan is None or self.after is None:
             return self.decided, []
-        outcomes = self.decided + _verify(self.entity, self.plan, self.after, self.failures)
+        outcomes = self.decided + verify_writes(self.entity, self.plan, self.after,
+                                                self.failures)
         repaired = [self.plan.written[i][0] for i, status, _ in outcomes
                     if status == "repaired" and self.plan.written[i][1] is not None]
         return outcomes, repaired
 
-
-@dataclass(frozen=True, slots=True)
-class _Slice:
-    """The mismatches of a group whose targets one `$in` read finds (the keys, or for
-    embedded entities the parent documents, of at most `IN_BATCH` of them)."""
-
-    rows: list[MismatchRow]
-    keys: list[Any]
-    parents: list[Any] | None
-
-
-def _slices(group: _Group) -> list[_Slice]:
-    """The group's mismatches by the read that finds their targets, in the order
-    `fetch_targets` reads them: so each slice is planned while the next one is read.
-    Mismatches that need no target (a stray key, a source row gone) go in the first."""
-    entity = group.entity
-    embedded = entity.target.embedded
-    by_lookup: dict[Any, list[MismatchRow]] = {}
-    loose: list[MismatchRow] = []
-    for mismatch in group.rows:
-        if mismatch.fields and STRAY_KEY in mismatch.fields:
-            loose.append(mismatch)
-            continue
-        lookup = typed_key(entity, mismatch.record_key)
-        if embedded is not None:
-            source = group.sources.get(lookup)
-            if mismatch.kind == MismatchKind.ORPHAN_IN_MONGO:
-                lookup = _orphan_parent(entity, mismatch)
-            elif source is None:
-                loose.append(mismatch)
-                continue
-            else:
-                lookup = source[embedded.parent_key]
-        by_lookup.setdefault(lookup, []).append(mismatch)
-    lookups = list(by_lookup)
-    slices = []
-    for start in range(0, max(len(lookups), 1), IN_BATCH):
-        batch = lookups[start:start + IN_BATCH]
-        rows = [mismatch for lookup in batch for mismatch in by_lookup[lookup]]
-        slices.append(_Slice(rows, [typed_key(entity, m.record_key) for m in rows],
-                             batch if embedded is not None else None))
-    slices[0].rows[:0] = loose
-    return slices
-
-
 def _plan_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: bool,
-                forms: KeyForms) -> _Plan:
+                forms: KeyForms) -> RepairPlan:
     """Read the targets before writing and plan the writes: a helper thread reads slice
     after slice (MongoDB sees the same reads in the same order) while this one plans
     those already read."""
     entity = group.entity
-    plan = _Plan()
+    plan = RepairPlan()
     reads = ((part, fetch_targets(db, entity, part.keys, part.parents))
-             for part in _slices(group))
+             for part in slices_of(entity, group.rows, group.sources))
     for part, before in prefetched(reads):
-        plan.extend(_plan_entity(entity, part.rows, group.sources, before, delete_orphans,
-                                 forms))
+        plan.extend(plan_writes(entity, part.rows, group.sources, before, delete_orphans,
+                                forms))
     return plan
 
 
@@ -339,7 +180,7 @@ def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: b
     parents = None
     if embedded:
         parents = [s[embedded.parent_key] for s in group.sources.values()]
-        parents += [_orphan_parent(entity, m) for m in rows
+        parents += [orphan_parent(entity, m) for m in rows
                     if m.kind == MismatchKind.ORPHAN_IN_MONGO]
     try:
         layout = layouts.of(entity)

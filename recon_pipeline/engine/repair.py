@@ -97,6 +97,7 @@ def _write(db: Database[dict[str, Any]], entity: EntityMapping,
             failures.setdefault(owner, mask_text(outcome.write_concern_error))
     return failures
 
+
 GROUP_SIZE = 500  # mismatches of one entity per bulk write
 
 
@@ -106,7 +107,6 @@ class _Group:
 
     entity: EntityMapping
     rows: Sequence[MismatchRow]
-    keys: list[Any]
     sources: dict[Any, dict[str, Any]]
     bad: list[Outcome]
     stopped: bool = False  # another batch of the run stopped repair before this group
@@ -117,7 +117,7 @@ def _read_group(engine: sa.Engine, entity: EntityMapping, rows: Sequence[Mismatc
     """The group's source rows; with `stopped`, first whether repair was stopped (then
     nothing is read)."""
     if stopped is not None and stopped():
-        return _Group(entity, rows, [], {}, [], stopped=True)
+        return _Group(entity, rows, {}, [], stopped=True)
     keys: list[Any] = []
     bad: list[Outcome] = []
     for mismatch in rows:
@@ -128,7 +128,7 @@ def _read_group(engine: sa.Engine, entity: EntityMapping, rows: Sequence[Mismatc
         except ValueCoercionError as error:
             bad.append((mismatch.id, "failed", str(error)))
     failed = {outcome[0] for outcome in bad}
-    return _Group(entity, [m for m in rows if m.id not in failed], keys,
+    return _Group(entity, [m for m in rows if m.id not in failed],
                   fetch_rows(engine, entity, keys), bad)
 
 
@@ -153,6 +153,7 @@ class _Written:
         repaired = [self.plan.written[i][0] for i, status, _ in outcomes
                     if status == "repaired" and self.plan.written[i][1] is not None]
         return outcomes, repaired
+
 
 def _plan_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: bool,
                 forms: KeyForms) -> RepairPlan:

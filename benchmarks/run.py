@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from benchmarks import bench_engine, bench_fixed, bench_outbox, bench_reconcile
+from benchmarks import bench_engine, bench_fixed, bench_outbox, bench_reconcile, bench_repair
 from benchmarks.servers import BenchServers, bench_servers
 
 
@@ -57,6 +57,8 @@ SECTIONS: list[Section] = [
      lambda servers, scale: bench_reconcile.run(servers, scale.rows, scale.rss_small)),
     ("outbox delivery through the job",
      lambda servers, scale: bench_outbox.run(servers, scale.messages)),
+    ("bulk repair through the job",
+     lambda servers, scale: bench_repair.run(servers, quick=scale.quick)),
     ("engine CPU, rows fed from memory", lambda servers, scale: bench_engine.run(scale.quick)),
     ("fixed cost of one run", lambda servers, scale: bench_fixed.run(servers, scale.quick)),
 ]

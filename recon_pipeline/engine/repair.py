@@ -23,21 +23,22 @@ import sqlalchemy as sa
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
-from recon_pipeline.engine.diff import MismatchKind, field_differences, judge
+from recon_pipeline.engine.diff import MismatchKind
 from recon_pipeline.engine.extract import STRAY_KEY
-from recon_pipeline.engine.projection import (
-    WriteOp,
-    delete_ops,
-    newer_than,
-    out_of_scope_error,
-    presence_in,
-    row_version,
-    upsert_ops,
-    version_bump_ops,
+from recon_pipeline.engine.prefetch import prefetched
+from recon_pipeline.engine.projection import WriteOp, version_bump_ops
+from recon_pipeline.engine.repair_plan import (
+    Outcome,
+    RepairPlan,
+    orphan_parent,
+    plan_writes,
+    slices_of,
+    typed_key,
+    verify_writes,
 )
 from recon_pipeline.model.mapping import EntityMapping, ReconConfig, Settings
 from recon_pipeline.model.masking import mask_text
-from recon_pipeline.model.normalize import ValueCoercionError, coerce_source_value, key_of
+from recon_pipeline.model.normalize import ValueCoercionError
 from recon_pipeline.stores import reports
 from recon_pipeline.stores.mongo import mongo_error_text
 from recon_pipeline.stores.reports import MismatchRow
@@ -45,30 +46,10 @@ from recon_pipeline.stores.source import fetch_rows
 from recon_pipeline.stores.target import (
     KeyForms,
     KeyLayouts,
-    TargetRecord,
     TargetSnapshot,
     fetch_targets,
 )
 from recon_pipeline.stores.target_write import DUPLICATE_KEY, bulk_write_ops, write_best_effort
-
-Outcome = tuple[int, str, str | None]  # (mismatch id, repair_status, repair_error)
-
-
-@dataclass(slots=True)
-class _Plan:
-    """What one entity's batch will do: writes, and the mismatches they should fix."""
-
-    ops: list[WriteOp] = field(default_factory=list)
-    op_owner: list[int] = field(default_factory=list)  # op index -> mismatch id
-    # mismatch id -> (key, source row written or None for a deletion, parent)
-    written: dict[int, tuple[Any, dict[str, Any] | None, Any]] = field(default_factory=dict)
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    def write(self, mismatch_id: int, ops: list[WriteOp], key: Any,
-              row: dict[str, Any] | None, parent: Any) -> None:
-        self.ops += ops
-        self.op_owner += [mismatch_id] * len(ops)
-        self.written[mismatch_id] = (key, row, parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,71 +80,8 @@ def repairable_kinds(settings: Settings) -> list[str]:
     return kinds
 
 
-def typed_key(entity: EntityMapping, record_key: str) -> Any:
-    return coerce_source_value(record_key, entity.key_kind)
-
-
-def _orphan_parent(entity: EntityMapping, row: MismatchRow) -> Any:
-    embedded = entity.target.embedded
-    if embedded is None or not row.fields:
-        return None
-    # stored as JSON: a UUID parent as its string, back in the source's terms here
-    return key_of((row.fields.get(embedded.parent_key) or {}).get("target"),
-                  entity.parent_key_kind)
-
-
-def _record_for(entity: EntityMapping, snapshot: TargetSnapshot, key: Any,
-                parent: Any) -> TargetRecord | None:
-    return snapshot.record_at(key, parent if entity.target.embedded else None)
-
-
-def _plan_entity(entity: EntityMapping, rows: Sequence[MismatchRow],
-                 sources: dict[Any, dict[str, Any]], snapshot: TargetSnapshot,
-                 delete_orphans: bool, forms: KeyForms) -> _Plan:
-    plan = _Plan()
-    embedded = entity.target.embedded
-    for mismatch in rows:
-        if mismatch.fields and STRAY_KEY in mismatch.fields:
-            stray = mismatch.fields[STRAY_KEY]["target"]
-            plan.outcomes.append((mismatch.id, "reported",
-                                  f"key of type {stray}: no source row can have it, so it "
-                                  f"is not deleted automatically"))
-            continue
-        key = typed_key(entity, mismatch.record_key)
-        source = sources.get(key)
-        orphan_parent = _orphan_parent(entity, mismatch)
-        if mismatch.kind == MismatchKind.ORPHAN_IN_MONGO and (
-                source is None or (embedded and source[embedded.parent_key] != orphan_parent)):
-            # Still no source row where it sits (an element may have a row under another
-            # parent: the copy here is stale all the same).
-            parent = orphan_parent
-            record = _record_for(entity, snapshot, key, parent)
-            if record is None:
-                plan.outcomes.append((mismatch.id, "resolved", None))
-            elif not delete_orphans:
-                plan.outcomes.append((mismatch.id, "reported", None))
-            else:
-                plan.write(mismatch.id, delete_ops(entity, key, parent, record.version,
-                                                   exact=True, seen=record),
-                           key, None, parent)
-            continue
-        if source is None:
-            # Deleted at the source since detection: the next run judges what is left.
-            plan.outcomes.append((mismatch.id, "failed",
-                                  "source row no longer exists; the next run re-judges it"))
-            continue
-        parent = source[embedded.parent_key] if embedded else None
-        if judge(entity, source, _record_for(entity, snapshot, key, parent)) is None:
-            plan.outcomes.append((mismatch.id, "resolved", None))
-            continue
-        presence = presence_in(snapshot, entity, key, parent)
-        seen = _record_for(entity, snapshot, key, parent)
-        plan.write(mismatch.id, upsert_ops(entity, source, presence, forms, seen), key, source,
-                   parent)
-    return plan
-
-
-def _write(db: Database[dict[str, Any]], entity: EntityMapping, plan: _Plan) -> dict[int, str]:
+def _write(db: Database[dict[str, Any]], entity: EntityMapping,
+           plan: RepairPlan) -> dict[int, str]:
     """Bulk-write the plan; returns mismatch id -> write error (duplicate keys are the
     version guard refusing an upsert: verification reports those). A write concern
     error fails every write of the plan: a fix not durable as asked is not verified."""
@@ -180,32 +98,6 @@ def _write(db: Database[dict[str, Any]], entity: EntityMapping, plan: _Plan) -> 
     return failures
 
 
-def _verify(entity: EntityMapping, plan: _Plan, after: TargetSnapshot,
-            failures: dict[int, str]) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    for mismatch_id, (key, source, parent) in plan.written.items():
-        if mismatch_id in failures:
-            outcomes.append((mismatch_id, "failed", failures[mismatch_id]))
-            continue
-        record = _record_for(entity, after, key, parent)
-        if source is None:  # an orphan deletion
-            gone = record is None
-            outcomes.append((mismatch_id, "repaired" if gone else "failed",
-                             None if gone else "orphan changed since it was read"))
-            continue
-        if judge(entity, source, record) is None:
-            outcomes.append((mismatch_id, "repaired", None))
-        elif newer_than(record, row_version(entity, source)):
-            outcomes.append((mismatch_id, "failed",
-                             "version guard: MongoDB holds a newer source version"))
-        else:
-            fields = sorted(field_differences(entity, source, record)) if record else []
-            outcomes.append((mismatch_id, "failed", out_of_scope_error(entity)
-                             if record is None and entity.target.where else
-                             f"still differs after write: {', '.join(fields) or 'missing'}"))
-    return outcomes
-
-
 GROUP_SIZE = 500  # mismatches of one entity per bulk write
 
 
@@ -215,13 +107,17 @@ class _Group:
 
     entity: EntityMapping
     rows: Sequence[MismatchRow]
-    keys: list[Any]
     sources: dict[Any, dict[str, Any]]
     bad: list[Outcome]
+    stopped: bool = False  # another batch of the run stopped repair before this group
 
 
-def _read_group(engine: sa.Engine, entity: EntityMapping,
-                rows: Sequence[MismatchRow]) -> _Group:
+def _read_group(engine: sa.Engine, entity: EntityMapping, rows: Sequence[MismatchRow],
+                stopped: Callable[[], bool] | None = None) -> _Group:
+    """The group's source rows; with `stopped`, first whether repair was stopped (then
+    nothing is read)."""
+    if stopped is not None and stopped():
+        return _Group(entity, rows, {}, [], stopped=True)
     keys: list[Any] = []
     bad: list[Outcome] = []
     for mismatch in rows:
@@ -232,60 +128,96 @@ def _read_group(engine: sa.Engine, entity: EntityMapping,
         except ValueCoercionError as error:
             bad.append((mismatch.id, "failed", str(error)))
     failed = {outcome[0] for outcome in bad}
-    return _Group(entity, [m for m in rows if m.id not in failed], keys,
+    return _Group(entity, [m for m in rows if m.id not in failed],
                   fetch_rows(engine, entity, keys), bad)
 
 
+@dataclass(slots=True)
+class _Written:
+    """A group once MongoDB is done with it: what was decided before writing, and what
+    verification needs (judged later, off the path of the MongoDB requests)."""
+
+    entity: EntityMapping
+    decided: list[Outcome]
+    plan: RepairPlan | None = None
+    after: TargetSnapshot | None = None
+    failures: dict[int, str] = field(default_factory=dict)
+
+    def outcomes(self) -> tuple[list[Outcome], list[Any]]:
+        """Every outcome of the group, and the keys of the source rows now verified in
+        MongoDB."""
+        if self.plan is None or self.after is None:
+            return self.decided, []
+        outcomes = self.decided + verify_writes(self.entity, self.plan, self.after,
+                                                self.failures)
+        repaired = [self.plan.written[i][0] for i, status, _ in outcomes
+                    if status == "repaired" and self.plan.written[i][1] is not None]
+        return outcomes, repaired
+
+
+def _plan_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: bool,
+                forms: KeyForms) -> RepairPlan:
+    """Read the targets before writing and plan the writes: a helper thread reads slice
+    after slice (MongoDB sees the same reads in the same order) while this one plans
+    those already read."""
+    entity = group.entity
+    plan = RepairPlan()
+    reads = ((part, fetch_targets(db, entity, part.keys, part.parents))
+             for part in slices_of(entity, group.rows, group.sources))
+    for part, before in prefetched(reads):
+        plan.extend(plan_writes(entity, part.rows, group.sources, before, delete_orphans,
+                                forms))
+    return plan
+
+
 def _repair_group(db: Database[dict[str, Any]], group: _Group, delete_orphans: bool,
-                  layouts: KeyLayouts) -> tuple[list[Outcome], list[Any], RepairStop | None]:
-    """Re-read the targets, write, verify. Returns the outcomes, the keys of the source
-    rows now verified in MongoDB, and why repair must stop when MongoDB failed: the
-    mismatches the error touched are `failed` with it. Without the unique index its key
-    needs, an entity's repairs all fail, naming the index: nothing of it is written."""
+                  layouts: KeyLayouts) -> tuple[_Written, RepairStop | None]:
+    """Re-read the targets, write, re-read. Returns the group to verify and record, and
+    why repair must stop when MongoDB failed: the mismatches the error touched are
+    `failed` with it. Without the unique index its key needs, an entity's repairs all
+    fail, naming the index: nothing of it is written."""
     entity, rows = group.entity, group.rows
     embedded = entity.target.embedded
     parents = None
     if embedded:
         parents = [s[embedded.parent_key] for s in group.sources.values()]
-        parents += [_orphan_parent(entity, m) for m in rows
+        parents += [orphan_parent(entity, m) for m in rows
                     if m.kind == MismatchKind.ORPHAN_IN_MONGO]
     try:
         layout = layouts.of(entity)
         if layout.missing_index is not None:
-            return group.bad + [(m.id, "failed", layout.missing_index) for m in rows], [], None
-        before = fetch_targets(db, entity, group.keys, parents)
+            return _Written(entity, group.bad + [(m.id, "failed", layout.missing_index)
+                                                 for m in rows]), None
+        plan = _plan_group(db, group, delete_orphans, layout.forms)
     except PyMongoError as error:
         # Orphans that are only reported were never going to be written: they stay so.
         stop = _stop(error)
-        return group.bad + [
+        return _Written(entity, group.bad + [
             (m.id, "reported", None) if m.kind == MismatchKind.ORPHAN_IN_MONGO
-            and not delete_orphans else (m.id, "failed", stop.error) for m in rows], [], stop
-    plan = _plan_entity(entity, rows, group.sources, before, delete_orphans, layout.forms)
+            and not delete_orphans else (m.id, "failed", stop.error) for m in rows]), stop
     try:
         failures = _write(db, entity, plan)
         after = fetch_targets(db, entity, [k for k, _, _ in plan.written.values()], parents)
     except PyMongoError as error:  # nothing written can be verified
         stop = _stop(error)
-        return (group.bad + plan.outcomes + [(i, "failed", stop.error) for i in plan.written],
-                [], stop)
-    outcomes = group.bad + plan.outcomes + _verify(entity, plan, after, failures)
-    repaired = [plan.written[i][0] for i, status, _ in outcomes
-                if status == "repaired" and plan.written[i][1] is not None]
-    # Write errors fail only their own mismatches (the rest were verified), but end repair.
-    return outcomes, repaired, RepairStop(failures[min(failures)], False) if failures else None
+        return _Written(entity, group.bad + plan.outcomes
+                        + [(i, "failed", stop.error) for i in plan.written]), stop
+    # Write errors fail only their own mismatches (the rest are verified), but end repair.
+    return (_Written(entity, group.bad + plan.outcomes, plan, after, failures),
+            RepairStop(failures[min(failures)], False) if failures else None)
 
 
 _Bumps = tuple[EntityMapping, list[WriteOp]]
 
 
-def _record(engine: sa.Engine, entity: EntityMapping, outcomes: list[Outcome],
-            repaired: list[Any], now: datetime) -> _Bumps:
+def _record(engine: sa.Engine, written: _Written, now: datetime) -> _Bumps:
     """The group's outcomes and sync marks (one transaction, stores/reports.py), and the
     writes that give MongoDB the versions the marks bumped, to be made once committed (a
     version the source may still roll back must not reach MongoDB: its guard would then
     refuse every repair of the row)."""
-    bumped = reports.record_repair_outcomes(engine, entity, outcomes, repaired, now)
-    return entity, version_bump_ops(entity, bumped)
+    outcomes, repaired = written.outcomes()
+    bumped = reports.record_repair_outcomes(engine, written.entity, outcomes, repaired, now)
+    return written.entity, version_bump_ops(written.entity, bumped)
 
 
 def _give_bumped_versions(db: Database[dict[str, Any]], bumps: _Bumps) -> None:
@@ -296,11 +228,12 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
                    groups: Sequence[tuple[EntityMapping, Sequence[MismatchRow]]], *,
                    delete_orphans: bool, now: datetime,
                    stopped: Callable[[], bool]) -> RepairStop | None:
-    """Repair group after group. MongoDB sees the groups strictly one after another; the
-    PostgreSQL side runs on one helper thread, a group ahead (re-reading source rows)
-    and a group behind (recording outcomes), so neither waits for the other. A MongoDB
-    error, here or in another batch of the run (`stopped`), ends the batch once the
-    groups before are recorded; any other error stops it the same way, raising."""
+    """Repair group after group. MongoDB sees the groups strictly one after another, and
+    nothing else waits in their way: the PostgreSQL side runs on one helper thread, a
+    group ahead (asking whether another batch of the run stopped repair (`stopped`),
+    re-reading source rows) and a group behind (verifying, recording outcomes). A MongoDB
+    error, here or in another batch, ends the batch once the groups before are
+    recorded; any other error stops it the same way, raising."""
     stop: RepairStop | None = None
     if not groups:
         return stop
@@ -310,15 +243,14 @@ def _repair_groups(engine: sa.Engine, db: Database[dict[str, Any]],
         recording: Future[_Bumps] | None = None
         for index in range(len(groups)):
             group = reading.result()
-            if index > 0 and stopped():
+            if group.stopped:
                 break
             if index + 1 < len(groups):
-                reading = postgres.submit(_read_group, engine, *groups[index + 1])
-            outcomes, repaired, stop = _repair_group(db, group, delete_orphans, layouts)
+                reading = postgres.submit(_read_group, engine, *groups[index + 1], stopped)
+            written, stop = _repair_group(db, group, delete_orphans, layouts)
             if recording is not None:
                 _give_bumped_versions(db, recording.result())
-            recording = postgres.submit(_record, engine, group.entity, outcomes, repaired,
-                                        now)
+            recording = postgres.submit(_record, engine, written, now)
             if stop is not None:
                 break
         if recording is not None:

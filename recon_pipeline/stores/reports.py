@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from recon_pipeline.model.mapping import EntityMapping
 from recon_pipeline.stores.schema import reconciliation_mismatches as mismatches_table
@@ -141,14 +141,19 @@ def mismatches_between(engine: sa.Engine, report_id: int, first: int,
 
 def set_repair_outcomes(conn: sa.Connection,
                         outcomes: Sequence[tuple[int, str, str | None]]) -> None:
-    """(mismatch id, repair_status, repair_error) in one statement per batch."""
+    """(mismatch id, repair_status, repair_error) in one statement per batch: an update
+    joined to the outcomes as arrays, not one update per row."""
     if not outcomes:
         return
     m = mismatches_table
-    statement = (m.update().where(m.c.id == sa.bindparam("mid"))
-                 .values(repair_status=sa.bindparam("status"),
-                         repair_error=sa.bindparam("error")))
-    conn.execute(statement, [{"mid": i, "status": s, "error": e} for i, s, e in outcomes])
+    ids, statuses, errors = zip(*outcomes, strict=True)
+    given = sa.func.unnest(
+        sa.bindparam("ids", list(ids), type_=ARRAY(sa.BigInteger)),
+        sa.bindparam("statuses", list(statuses), type_=ARRAY(sa.Text)),
+        sa.bindparam("errors", list(errors), type_=ARRAY(sa.Text)),
+    ).table_valued("id", "status", "error").render_derived(name="given")
+    conn.execute(m.update().where(m.c.id == given.c.id)
+                 .values(repair_status=given.c.status, repair_error=given.c.error))
 
 
 def record_repair_outcomes(engine: sa.Engine, entity: EntityMapping,

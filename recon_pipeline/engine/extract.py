@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,9 +23,10 @@ from pymongo.database import Database
 from recon_pipeline.engine.diff import (
     Mismatch,
     MismatchKind,
+    ScanTally,
+    diff_sorted,
     json_value,
     judge,
-    merge_join,
     merge_key,
 )
 from recon_pipeline.engine.prefetch import prefetched
@@ -40,6 +40,7 @@ from recon_pipeline.stores.source import (
     count_window,
     estimate_rows,
     existing_merge_keys,
+    stream_row_values,
     stream_rows,
 )
 from recon_pipeline.stores.target import (
@@ -47,7 +48,7 @@ from recon_pipeline.stores.target import (
     TargetRecord,
     fetch_targets,
     find_updated_between,
-    scan_target_batches,
+    scan_target_documents,
 )
 
 # A window holding at least this share of an entity's rows is read with one sorted cursor
@@ -191,65 +192,69 @@ def diff_chunk(engine: sa.Engine, db: Database[dict[str, Any]], config: ReconCon
     """Extract both sides of one chunk, diff them, and record the mismatches."""
     entity = config.entity(chunk.entity)
     sink = _MismatchSink(engine, entity, report_id, detected_at, [], {})
-    pairs = (_scan_pairs(engine, db, entity, window, chunk) if chunk.access is AccessPath.SCAN
-             else _lookup_pairs(engine, db, entity, window, chunk))
-    checked = 0
-    for row, record in pairs:
-        if row is not None:
-            checked += 1
-        mismatch = judge(entity, row, record)
-        if mismatch is not None:
-            sink.add(mismatch)
+    tally = ScanTally()
+    mismatches = (_scan_mismatches(engine, db, entity, window, chunk, tally)
+                  if chunk.access is AccessPath.SCAN
+                  else _lookup_mismatches(engine, db, entity, window, chunk, tally))
+    for mismatch in mismatches:
+        sink.add(mismatch)
     sink.flush()
     return ChunkResult(
-        entity.name, checked, sink.counts.get(MismatchKind.MISSING_IN_MONGO, 0),
+        entity.name, tally.checked, sink.counts.get(MismatchKind.MISSING_IN_MONGO, 0),
         sink.counts.get(MismatchKind.FIELD_MISMATCH, 0),
         sink.counts.get(MismatchKind.ORPHAN_IN_MONGO, 0))
 
 
-Pair = tuple[Mapping[Any, Any] | None, TargetRecord | None]
-
-
-def _scan_pairs(engine: sa.Engine, db: Database[dict[str, Any]], entity: EntityMapping,
-                window: RunWindow, chunk: ChunkPlan) -> Iterator[Pair]:
+def _scan_mismatches(engine: sa.Engine, db: Database[dict[str, Any]], entity: EntityMapping,
+                     window: RunWindow, chunk: ChunkPlan, tally: ScanTally
+                     ) -> Iterator[Mismatch]:
+    """One sorted cursor per side, merged by `diff_sorted`."""
     start, end = (None, None) if window.full_scan else (window.start, window.end)
     # Batches are read ahead on both sides: the servers work while this thread compares.
-    rows = chain.from_iterable(prefetched(stream_rows(
-        engine, entity, start=start, end=end, lower=chunk.lower, upper=chunk.upper)))
-    records = chain.from_iterable(prefetched(scan_target_batches(
-        db, entity, lower=chunk.lower, upper=chunk.upper)))
+    rows = prefetched(stream_row_values(
+        engine, entity, start=start, end=end, lower=chunk.lower, upper=chunk.upper))
+    documents = prefetched(scan_target_documents(
+        db, entity, lower=chunk.lower, upper=chunk.upper))
     candidates: list[TargetRecord] = []
-    for row, record in merge_join(rows, records, entity):  # type: ignore[arg-type]
-        if row is None:
-            assert isinstance(record, TargetRecord)
-            if window.full_scan:
-                yield None, record  # the stream holds every source row: an orphan
-            elif _updated_in_window(entity, record, window):
-                candidates.append(record)
-                if len(candidates) >= IN_BATCH:
-                    yield from _confirmed_orphans(engine, entity, candidates)
-                    candidates = []
-        elif window.contains(row[entity.source.updated_at]):
-            yield row, record  # type: ignore[misc]
-        # else: changed inside the settle period: not judged yet
+    for item in diff_sorted(entity, rows, documents, window, tally):
+        if isinstance(item, Mismatch):
+            yield item
+        elif window.full_scan:
+            yield _orphan(entity, item)  # the stream holds every source row
+        elif _updated_in_window(entity, item, window):
+            candidates.append(item)
+            if len(candidates) >= IN_BATCH:
+                yield from _confirmed_orphans(engine, entity, candidates)
+                candidates = []
     yield from _confirmed_orphans(engine, entity, candidates)
 
 
-def _lookup_pairs(engine: sa.Engine, db: Database[dict[str, Any]], entity: EntityMapping,
-                  window: RunWindow, chunk: ChunkPlan) -> Iterator[Pair]:
+def _lookup_mismatches(engine: sa.Engine, db: Database[dict[str, Any]],
+                       entity: EntityMapping, window: RunWindow, chunk: ChunkPlan,
+                       tally: ScanTally) -> Iterator[Mismatch]:
+    """The window's source rows, their targets fetched in `$in` batches."""
     key, embedded = entity.source.key, entity.target.embedded
     for batch in stream_rows(engine, entity, start=window.start, end=window.end,
                              lower=chunk.lower, upper=chunk.upper, batch_size=IN_BATCH):
         parents = [r[embedded.parent_key] for r in batch] if embedded else None
         snapshot = fetch_targets(db, entity, [r[key] for r in batch], parents)
+        tally.checked += len(batch)
         for row in batch:
             # embedded: only the element under the row's own parent counts
-            yield row, snapshot.record_at(row[key],
-                                          row[embedded.parent_key] if embedded else None)
+            mismatch = judge(entity, row, snapshot.record_at(  # type: ignore[arg-type]
+                row[key], row[embedded.parent_key] if embedded else None))
+            if mismatch is not None:
+                yield mismatch
     candidates = [r for r in find_updated_between(db, entity, window.start, window.end)
                   if _in_bounds(chunk, r.parent if embedded else r.key)]
     for start in range(0, len(candidates), IN_BATCH):
         yield from _confirmed_orphans(engine, entity, candidates[start:start + IN_BATCH])
+
+
+def _orphan(entity: EntityMapping, record: TargetRecord) -> Mismatch:
+    mismatch = judge(entity, None, record)
+    assert mismatch is not None
+    return mismatch
 
 
 def _updated_in_window(entity: EntityMapping, record: TargetRecord, window: RunWindow) -> bool:
@@ -259,9 +264,9 @@ def _updated_in_window(entity: EntityMapping, record: TargetRecord, window: RunW
 
 
 def _confirmed_orphans(engine: sa.Engine, entity: EntityMapping,
-                       candidates: list[TargetRecord]) -> Iterator[Pair]:
+                       candidates: list[TargetRecord]) -> Iterator[Mismatch]:
     """Target records in the window with no source row at all."""
     existing = existing_merge_keys(engine, entity, [c.key for c in candidates])
     for record in candidates:
         if merge_key(entity, record.key, record.parent) not in existing:
-            yield None, record
+            yield _orphan(entity, record)

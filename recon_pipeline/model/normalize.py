@@ -23,9 +23,10 @@ from typing import Any, Final, TypeVar
 from bson.binary import UUID_SUBTYPE, Binary
 from bson.decimal128 import Decimal128
 from bson.objectid import ObjectId
+from bson.tz_util import utc as BSON_UTC
 from sqlalchemy import types as sqltypes
 
-_PLAIN_TYPES = frozenset({str, int, bool})
+PLAIN_TYPES = frozenset({str, int, bool})  # equal values of one of these agree, any kind
 
 
 class ValueKind(enum.StrEnum):
@@ -146,7 +147,7 @@ def values_equal(
     # each gives exactly the answer of the canonical comparison below.
     source_type = type(source)
     if source_type is type(target):
-        if source_type in _PLAIN_TYPES and source == target:
+        if source_type in PLAIN_TYPES and source == target:
             return True  # identical str/int/bool values agree under every kind
         if (kind is ValueKind.DATETIME and source_type is dt.datetime
                 and source.tzinfo is not None and target.tzinfo is not None):  # type: ignore[attr-defined]
@@ -163,6 +164,59 @@ def values_equal(
     ):
         return _EXACT.abs(_EXACT.subtract(left, right)) <= tolerance
     return False
+
+
+def quick_equal(kind: ValueKind) -> Callable[[object, object], bool]:
+    """A cheap first test for a field of `kind`: True only where `values_equal` is True
+    (whatever the tolerance), so a caller compares raw values first and normalises only
+    what this does not settle. Built for what the drivers deliver on rows that agree."""
+    if kind is ValueKind.DATETIME:
+        return _quick_datetime
+    if kind in (ValueKind.DECIMAL, ValueKind.FLOAT):
+        return _quick_number
+    return _quick_plain
+
+
+def _quick_plain(source: object, target: object) -> bool:
+    if source is None:
+        return target is None or target is MISSING
+    source_type = type(source)
+    return source_type is type(target) and source_type in PLAIN_TYPES and source == target
+
+
+def _quick_datetime(source: object, target: object) -> bool:
+    if type(source) is dt.datetime and type(target) is dt.datetime:
+        if source.tzinfo is dt.UTC and target.tzinfo is BSON_UTC:  # type: ignore[attr-defined]
+            # What psycopg (session in UTC) and pymongo (tz_aware) deliver: both offsets
+            # are zero, so the same millisecond is the same fields. Arithmetic between the
+            # two would call bson's Python `utcoffset` for every value.
+            return (source.microsecond // 1000 == target.microsecond // 1000  # type: ignore[attr-defined]
+                    and source.second == target.second  # type: ignore[attr-defined]
+                    and source.minute == target.minute  # type: ignore[attr-defined]
+                    and source.hour == target.hour  # type: ignore[attr-defined]
+                    and source.day == target.day  # type: ignore[attr-defined]
+                    and source.month == target.month  # type: ignore[attr-defined]
+                    and source.year == target.year)  # type: ignore[attr-defined]
+        if source.tzinfo is None or target.tzinfo is None:  # type: ignore[attr-defined]
+            return False
+        if target.microsecond % 1000 == 0:  # type: ignore[attr-defined]
+            return _NO_TIME <= source - target < _ONE_MS  # type: ignore[operator]
+        return _same_millisecond(source, target)  # type: ignore[arg-type]
+    return _quick_plain(source, target)
+
+
+def _quick_number(source: object, target: object) -> bool:
+    if type(target) is Decimal128 and type(source) is Decimal:
+        # The Decimal128's coefficient and exponent, read as `_decimal128_to_decimal`
+        # reads them; the source scaled to that exponent (exactly) equals the coefficient.
+        high, low = target.__getstate__()
+        if (high >> 61) & 3 == 3 or not source.is_finite():
+            return False  # special or large-form encodings, NaN, infinities: the long way
+        coefficient = ((high & 0x1FFFFFFFFFFFF) << 64) | low
+        exponent = ((high >> 49) & 0x3FFF) - 6176
+        return bool(_EXACT.scaleb(source, -exponent) == (-coefficient if high >> 63
+                                                          else coefficient))
+    return _quick_plain(source, target)
 
 
 def coerce_source_value(value: object, kind: ValueKind) -> object:
@@ -436,3 +490,50 @@ def order_key(value: Any) -> tuple[Any, ...]:
         return (5, len(value), getattr(value, "subtype", 0), bytes(value))
     rank = _TYPE_RANK.get(value_type, 6)
     return (rank, value if rank in (1, 2, 9) else repr(value))
+
+
+class _Placed:
+    """A key of another type than the source key's, placed by `order_key` among plain ones
+    (Python calls its reflected comparison when an int or str meets it)."""
+
+    __slots__ = ("order",)
+
+    def __init__(self, value: Any) -> None:
+        self.order = order_key(value)
+
+    @staticmethod
+    def _order(other: Any) -> Any:
+        return other.order if type(other) is _Placed else order_key(other)
+
+    def __lt__(self, other: Any) -> bool:
+        return bool(self.order < self._order(other))
+
+    def __le__(self, other: Any) -> bool:
+        return bool(self.order <= self._order(other))
+
+    def __gt__(self, other: Any) -> bool:
+        return bool(self.order > self._order(other))
+
+    def __ge__(self, other: Any) -> bool:
+        return bool(self.order >= self._order(other))
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.order == self._order(other))
+
+    def __hash__(self) -> int:
+        return hash(self.order)
+
+    def __repr__(self) -> str:
+        return f"_Placed({self.order!r})"
+
+
+def merge_order(value: Any, kind: ValueKind) -> Any:
+    """A stand-in for `order_key(value)` that costs nothing for the keys a source column of
+    `kind` holds: the value itself (a UUID: its canonical string, as `order_key` sorts it).
+    Stand-ins compare with each other exactly as their values' `order_key`s do."""
+    value_type = type(value)
+    if value_type is str if kind is not ValueKind.INTEGER else value_type is int:
+        return value  # text (and a UUID's canonical text, a stray string) / a plain int
+    if value_type is uuid.UUID and kind is ValueKind.UUID:
+        return str(value)
+    return _Placed(value)

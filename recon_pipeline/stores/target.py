@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from operator import itemgetter
 from typing import Any
 
@@ -62,7 +63,8 @@ def get_path(document: Document, path: str) -> Any:
     return node
 
 
-def _record(entity: EntityMapping, key: Any, parent: Any, node: Document) -> TargetRecord:
+def record_from(entity: EntityMapping, key: Any, parent: Any, node: Document) -> TargetRecord:
+    """The record of one node (a document, or an element of its mapped array)."""
     values = {path: get_path(node, path) if dotted else node.get(path, MISSING)
               for _, path, dotted, _, _ in entity.compare_plan}
     version = node.get(VERSION_FIELD)
@@ -84,20 +86,26 @@ def projection_of(entity: EntityMapping) -> dict[str, int]:
     return {entity.target.key: 1, embedded.array: 1}
 
 
-def records_of(entity: EntityMapping, document: Document) -> list[TargetRecord]:
-    """The records a document holds: itself, or each element of the mapped array. Keys
-    are in the source key's terms (`key_of`): a UUID whatever its stored form."""
+def nodes_of(entity: EntityMapping, document: Document) -> list[tuple[Any, Any, Document]]:
+    """(key, parent, node) of each record a document holds: the document itself, or each
+    element of the mapped array (in array order). Keys are in the source key's terms
+    (`key_of`): a UUID whatever its stored form."""
     embedded = entity.target.embedded
     document_key = document.get(entity.target.key)
     if embedded is None:
-        return [_record(entity, key_of(document_key, entity.key_kind), None, document)]
+        return [(key_of(document_key, entity.key_kind), None, document)]
     elements = get_path(document, embedded.array)
     if not isinstance(elements, list):
         return []
     parent = key_of(document_key, entity.parent_key_kind)
-    return [_record(entity, key_of(get_path(e, embedded.element_key), entity.key_kind),
-                    parent, e)
+    return [(key_of(get_path(e, embedded.element_key), entity.key_kind), parent, e)
             for e in elements if isinstance(e, dict)]
+
+
+def records_of(entity: EntityMapping, document: Document) -> list[TargetRecord]:
+    """The records a document holds (`nodes_of`)."""
+    return [record_from(entity, key, parent, node)
+            for key, parent, node in nodes_of(entity, document)]
 
 
 def _matching(keys: Iterable[Any], kind: ValueKind) -> list[Any]:
@@ -150,13 +158,12 @@ def fetch_targets(db: Database[Document], entity: EntityMapping, keys: Sequence[
     return TargetSnapshot(records, frozenset(found_parents), elements)
 
 
-def scan_target_batches(db: Database[Document], entity: EntityMapping, *, lower: Any = None,
-                        upper: Any = None, batch_size: int = 5000
-                        ) -> Iterator[list[TargetRecord]]:
-    """Every target record in document-key order (`order_key`), optionally within document
-    keys (lower, upper] (source values of the key, the parent key when embedded);
-    elements of one parent come in element-key order. In batches of about `batch_size`
-    documents.
+def scan_target_documents(db: Database[Document], entity: EntityMapping, *,
+                          lower: Any = None, upper: Any = None, batch_size: int = 5000
+                          ) -> Iterator[list[Document]]:
+    """Every target document in document-key order (`order_key`), optionally within
+    document keys (lower, upper] (source values of the key, the parent key when embedded),
+    as the driver delivers them, in batches of `batch_size`.
 
     MongoDB range queries are type-bracketed: `{k: {$lte: "m"}}` never matches an
     ObjectId. So the first chunk (no lower bound) also reads every key of a type the
@@ -164,24 +171,14 @@ def scan_target_batches(db: Database[Document], entity: EntityMapping, *, lower:
     cursors = [db[entity.target.collection].find(
         query, projection_of(entity), sort=[(entity.target.key, 1)], batch_size=batch_size)
         for query in _scan_queries(entity, lower, upper)]
-    documents: Iterator[tuple[Any, Document]]
+    documents: Iterable[Document]
     if len(cursors) == 1:
-        documents = ((None, d) for d in cursors[0])
+        documents = cursors[0]
     else:  # one cursor per stored form, merged into one order
-        documents = heapq.merge(*(_keyed(entity, c) for c in cursors), key=itemgetter(0))
-    batch: list[TargetRecord] = []
-    count = 0
-    for _, document in documents:
-        records = records_of(entity, document)
-        if entity.target.embedded is not None:
-            records.sort(key=_element_order)
-        batch += records
-        count += 1
-        if count == batch_size:
-            yield batch
-            batch, count = [], 0
-    if batch:
-        yield batch
+        documents = map(itemgetter(1), heapq.merge(*(_keyed(entity, c) for c in cursors),
+                                                   key=itemgetter(0)))
+    iterator: Iterator[Document] = iter(documents)
+    yield from iter(lambda: list(islice(iterator, batch_size)), [])
 
 
 def _document_kind(entity: EntityMapping) -> ValueKind:
@@ -241,10 +238,6 @@ def _bound(value: Any, form: str) -> Any:
     if isinstance(value, uuid.UUID) and form == "string":
         return str(value)
     return value
-
-
-def _element_order(record: TargetRecord) -> Any:
-    return order_key(record.key)
 
 
 def updated_at_path(entity: EntityMapping) -> str | None:

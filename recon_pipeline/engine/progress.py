@@ -24,19 +24,12 @@ class ChunkProgress:
     mismatches: int
     seconds: float
     done: bool
+    seconds_left: float | None = None  # at the pace since the first batch; None: unknown
 
     @property
     def rate(self) -> float:
         """Rows per second."""
         return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def seconds_left(self) -> float | None:
-        if self.done:
-            return 0.0
-        if self.total is None or self.rate <= 0:
-            return None
-        return max(self.total - self.rows, 0) / self.rate
 
     def line(self) -> str:
         """`chunk clients_0: 120,000/~200,000 rows, 40,000 rows/s, 3 mismatches, ~2s left`"""
@@ -46,7 +39,8 @@ class ChunkProgress:
             tail = f"done in {self.seconds:.1f}s"
         else:
             left = self.seconds_left
-            tail = "time left unknown" if left is None else f"~{left:.0f}s left"
+            tail = ("time left unknown" if left is None or self.total is None
+                    else f"~{left:.0f}s left")
         return (f"chunk {self.chunk}: {self.rows:,}{total} rows, {self.rate:,.0f} rows/s, "
                 f"{self.mismatches:,} mismatches, {tail}")
 
@@ -65,8 +59,8 @@ class ProgressMeter:
     """Turns batch counts into `ChunkProgress` reports at most every `interval` seconds,
     plus one at the start and one at the end."""
 
-    __slots__ = ("_clock", "_interval", "_last", "_report", "_started", "chunk", "estimated",
-                 "rows", "total")
+    __slots__ = ("_clock", "_first", "_interval", "_last", "_report", "_started", "chunk",
+                 "estimated", "rows", "total")
 
     def __init__(self, chunk: str, total: int | None, report: ProgressCallback, *,
                  estimated: bool = False, interval: float = PROGRESS_INTERVAL,
@@ -75,12 +69,15 @@ class ProgressMeter:
         self.rows = 0
         self._report, self._interval, self._clock = report, interval, clock
         self._started = self._last = clock()
+        self._first: tuple[float, int] | None = None  # (when, rows) at the first batch
         self._emit(0, done=False, now=self._started)
 
     def read(self, rows: int, mismatches: int) -> None:
         """`rows` more rows read; reports when the interval has passed."""
         self.rows += rows
         now = self._clock()
+        if self._first is None:
+            self._first = (now, self.rows)
         if now - self._last >= self._interval:
             self._last = now
             self._emit(mismatches, done=False, now=now)
@@ -90,7 +87,18 @@ class ProgressMeter:
         self.rows = rows
         self._emit(mismatches, done=True, now=self._clock())
 
+    def _seconds_left(self, now: float) -> float | None:
+        """At the pace since the first batch arrived: a server's time to the first batch
+        (a sort) is not the pace of the rest."""
+        if self.total is None or self._first is None:
+            return None
+        since, rows = now - self._first[0], self.rows - self._first[1]
+        if since <= 0 or rows <= 0:
+            return None
+        return max(self.total - self.rows, 0) / (rows / since)
+
     def _emit(self, mismatches: int, *, done: bool, now: float) -> None:
         total = self.rows if done else self.total
-        self._report(ChunkProgress(self.chunk, self.rows, total, self.estimated and not done,
-                                   mismatches, now - self._started, done))
+        self._report(ChunkProgress(
+            self.chunk, self.rows, total, self.estimated and not done, mismatches,
+            now - self._started, done, 0.0 if done else self._seconds_left(now)))

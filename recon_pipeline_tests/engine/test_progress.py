@@ -13,7 +13,7 @@ class Clock:
 
 
 def test_the_meter_reports_at_most_once_per_interval_and_at_the_end() -> None:
-    clock, seen = Clock(), []
+    clock, seen = Clock(), list[ChunkProgress]()
     meter = ProgressMeter("clients_0", 1000, seen.append, interval=10.0, clock=clock)
     for step in range(10):  # a batch of 100 rows every 3 s
         clock.now += 3.0
@@ -22,11 +22,12 @@ def test_the_meter_reports_at_most_once_per_interval_and_at_the_end() -> None:
     assert [(p.rows, p.mismatches, p.seconds, p.done) for p in seen] == [
         (0, 0, 0.0, False), (400, 3, 12.0, False), (800, 7, 24.0, False),
         (1000, 10, 30.0, True)]
+    # 300 rows in the 9 s since the first batch: 600 left at that pace
     assert seen[1].seconds_left == 18.0 and seen[-1].total == 1000
 
 
 def test_a_line_says_rows_rate_mismatches_and_time_left() -> None:
-    running = ChunkProgress("incoming_emails_0", 120_000, 200_000, True, 3, 3.0, False)
+    running = ChunkProgress("incoming_emails_0", 120_000, 200_000, True, 3, 3.0, False, 2.4)
     assert running.line() == ("chunk incoming_emails_0: 120,000/~200,000 rows, "
                               "40,000 rows/s, 3 mismatches, ~2s left")
     unknown = ChunkProgress("clients_0", 5000, None, False, 0, 2.0, False)

@@ -24,7 +24,7 @@ class ChunkProgress:
     mismatches: int
     seconds: float
     done: bool
-    seconds_left: float | None = None  # at the pace since the first batch; None: unknown
+    seconds_left: float | None = None  # at the pace since the last report; None: unknown
 
     @property
     def rate(self) -> float:
@@ -59,7 +59,7 @@ class ProgressMeter:
     """Turns batch counts into `ChunkProgress` reports at most every `interval` seconds,
     plus one at the start and one at the end."""
 
-    __slots__ = ("_clock", "_first", "_interval", "_last", "_report", "_started", "chunk",
+    __slots__ = ("_clock", "_interval", "_last_rows", "_last", "_report", "_started", "chunk",
                  "estimated", "rows", "total")
 
     def __init__(self, chunk: str, total: int | None, report: ProgressCallback, *,
@@ -69,18 +69,16 @@ class ProgressMeter:
         self.rows = 0
         self._report, self._interval, self._clock = report, interval, clock
         self._started = self._last = clock()
-        self._first: tuple[float, int] | None = None  # (when, rows) at the first batch
+        self._last_rows: int | None = None  # rows at the last periodic report
         self._emit(0, done=False, now=self._started)
 
     def read(self, rows: int, mismatches: int) -> None:
         """`rows` more rows read; reports when the interval has passed."""
         self.rows += rows
         now = self._clock()
-        if self._first is None:
-            self._first = (now, self.rows)
         if now - self._last >= self._interval:
-            self._last = now
             self._emit(mismatches, done=False, now=now)
+            self._last, self._last_rows = now, self.rows
 
     def finish(self, rows: int, mismatches: int) -> None:
         """The chunk's final figures: `rows` judged in all."""
@@ -88,14 +86,12 @@ class ProgressMeter:
         self._emit(mismatches, done=True, now=self._clock())
 
     def _seconds_left(self, now: float) -> float | None:
-        """At the pace since the first batch arrived: a server's time to the first batch
-        (a sort) is not the pace of the rest."""
-        if self.total is None or self._first is None:
+        """At the pace since the last periodic report. None at the first: its span holds
+        the servers' start-up (a sort before the first document arrives), not the pace."""
+        if self.total is None or self._last_rows is None or now <= self._last:
             return None
-        since, rows = now - self._first[0], self.rows - self._first[1]
-        if since <= 0 or rows <= 0:
-            return None
-        return max(self.total - self.rows, 0) / (rows / since)
+        pace = (self.rows - self._last_rows) / (now - self._last)
+        return max(self.total - self.rows, 0) / pace if pace > 0 else None
 
     def _emit(self, mismatches: int, *, done: bool, now: float) -> None:
         total = self.rows if done else self.total

@@ -26,8 +26,8 @@ import sqlalchemy as sa
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 
-from benchmarks.bench_reconcile import ENTITY, seed, window
 from benchmarks.paths import run_in_process
+from benchmarks.seed import ENTITY, seed_emails
 from benchmarks.servers import BenchServers, bench_servers
 from benchmarks.verdict import info, verdict
 from recon_pipeline.engine.projection import Presence, WriteOp, upsert_ops
@@ -110,7 +110,7 @@ def measure(servers: BenchServers, rows: int, drifted: int) -> dict[str, Any]:
     with servers.fresh_database() as (engine, pg_url, db_name):
         client = create_client(servers.mongodb_url)
         try:
-            seed(engine, client, db_name, rows)
+            seed_emails(engine, client[db_name], 1, rows)
             entity = load_mapping(packaged_mapping_path(), engine).entity(ENTITY)
             collection = client[db_name][entity.target.collection]
             keys = drifted_keys(rows, drifted)
@@ -123,8 +123,7 @@ def measure(servers: BenchServers, rows: int, drifted: int) -> dict[str, Any]:
             per_doc = [per_doc_seconds(collection, sample)]
             drift(collection, keys)
             job = run_in_process(servers.target(pg_url, db_name), entities=[ENTITY],
-                                 full_scan=True, window_start=window().start,
-                                 window_end=window().end)
+                                 full_scan=True)
             report, run_seconds = job.report, job.seconds
             steps = {name: job.step(name) for name in ("repair_batch_op", "decide_repairs_op")}
             assert (report["field_mismatches"], report["repaired"]) == (drifted, drifted), report

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,9 +97,11 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def run_job(pg_url: str, mongo_db: Database[Any], *, mongodb_url: str | None = None,
-            mapping_path: Path | None = None, **options: Any) -> ExecuteInProcessResult:
+            mapping_path: Path | None = None, tags: dict[str, str] | None = None,
+            instance: DagsterInstance | None = None, **options: Any) -> ExecuteInProcessResult:
     """One whole in-process run of `reconciliation_job` against the test servers, over
-    the seeded window unless options say otherwise; never raises on a failed step."""
+    the seeded window unless options say otherwise; never raises on a failed step. Pass
+    `instance` to read the run's log afterwards."""
     from recon_pipeline.cli.runner import QUIET_LOGGERS
     from recon_pipeline.definitions import defs
     from recon_pipeline.defs.partitions import last_complete_hour
@@ -106,12 +109,14 @@ def run_job(pg_url: str, mongo_db: Database[Any], *, mongodb_url: str | None = N
     options.setdefault("window_start", WINDOW_START)
     options.setdefault("window_end", WINDOW_END)
     job = defs.resolve_job_def("reconciliation_job")
-    with DagsterInstance.ephemeral() as instance:
+    with ExitStack() as stack:
+        if instance is None:
+            instance = stack.enter_context(DagsterInstance.ephemeral())
         return job.execute_in_process(
             run_config={**recon_pipeline.run_config(**options), **QUIET_LOGGERS},
             instance=instance, partition_key=last_complete_hour(SEED_NOW),
             resources=test_resources(pg_url, mongo_db, mapping_path, mongodb_url),
-            raise_on_error=False)
+            raise_on_error=False, tags=tags)
 
 
 def report_of(engine: sa.Engine, result: ExecuteInProcessResult) -> RunReport:

@@ -84,12 +84,15 @@ def prepare(args: argparse.Namespace, env: Environment) -> tuple[ReconciliationC
 
 
 def cmd_run(args: argparse.Namespace, env: Environment) -> int:
+    from recon_pipeline.cli.progress import progress_display
     from recon_pipeline.cli.runner import execute_reconciliation
     from recon_pipeline.defs.partitions import partition_covering
 
     options, window_end = prepare(args, env)
-    outcome = execute_reconciliation(env, options,
-                                     partition_covering(window_end, datetime.now(UTC)))
+    with progress_display() as (show, interval):
+        outcome = execute_reconciliation(env, options,
+                                         partition_covering(window_end, datetime.now(UTC)),
+                                         on_progress=show, progress_interval=interval)
     return print_outcome(env, outcome.report_id, outcome.run_id, outcome.errors,
                          as_json=args.json)
 

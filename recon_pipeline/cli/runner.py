@@ -5,25 +5,37 @@ any other run, however that one was launched."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from dagster import DagsterInstance, EnvVar, JobDefinition
+from dagster import (
+    DagsterInstance,
+    EnvVar,
+    InitLoggerContext,
+    JobDefinition,
+    LoggerDefinition,
+    logger,
+)
 
 from recon_pipeline.defs.config import ReconciliationConfig, build_run_config
+from recon_pipeline.defs.ops import PROGRESS_INTERVAL_TAG
 from recon_pipeline.defs.resources import (
     MappingResource,
     MongoResource,
     PostgresResource,
     reconciliation_resources,
 )
+from recon_pipeline.engine.progress import PROGRESS_EXTRA, ChunkProgress
 from recon_pipeline.local.environment import Environment
 from recon_pipeline.model.masking import mask_text
 
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET_CONSOLE = {"console": {"config": {"log_level": "WARNING"}}}
+QUIET_LOGGERS = {"loggers": QUIET_CONSOLE}
+PROGRESS_LOGGER = "recon_progress"
 
 
 def reconciliation_job_def() -> JobDefinition:
@@ -68,13 +80,50 @@ class RunOutcome:
     errors: tuple[str, ...]
 
 
+class _ProgressHandler(logging.Handler):
+    """Hands the `ChunkProgress` a run log record carries (diff_chunk_op) to a callback."""
+
+    def __init__(self, on_progress: Callable[[ChunkProgress], None]) -> None:
+        super().__init__(logging.INFO)
+        self.on_progress = on_progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        values = getattr(record, PROGRESS_EXTRA, None)
+        if isinstance(values, dict):
+            self.on_progress(ChunkProgress.from_dict(values))
+
+
+def progress_logger(on_progress: Callable[[ChunkProgress], None]) -> LoggerDefinition:
+    """A run logger that receives the run's log records in this process (in-process runs
+    only) and passes their progress on."""
+
+    @logger(None, description="chunk progress to the CLI")
+    def recon_progress(_context: InitLoggerContext) -> logging.Logger:
+        python_logger = logging.Logger(PROGRESS_LOGGER, logging.INFO)
+        python_logger.addHandler(_ProgressHandler(on_progress))
+        return python_logger
+
+    return recon_progress
+
+
 def execute_reconciliation(env: Environment, options: ReconciliationConfig, partition_key: str, *,
-                           quiet: bool = True) -> RunOutcome:
-    run_config = {**build_run_config(options), **(QUIET_LOGGERS if quiet else {})}
+                           quiet: bool = True,
+                           on_progress: Callable[[ChunkProgress], None] | None = None,
+                           progress_interval: float | None = None) -> RunOutcome:
+    """`on_progress` receives each chunk's progress, at most every `progress_interval`
+    seconds (default: the op's)."""
+    job = reconciliation_job_def()
+    loggers: dict[str, Any] = dict(QUIET_CONSOLE) if quiet else {"console": {}}
+    if on_progress is not None:
+        job = job.with_logger_defs({**job.loggers, PROGRESS_LOGGER: progress_logger(on_progress)})
+        loggers[PROGRESS_LOGGER] = {}
+    tags = ({} if progress_interval is None
+            else {PROGRESS_INTERVAL_TAG: str(progress_interval)})
+    run_config = {**build_run_config(options), "loggers": loggers}
     with dagster_instance() as instance:
-        result = reconciliation_job_def().execute_in_process(
+        result = job.execute_in_process(
             run_config=run_config, instance=instance, partition_key=partition_key,
-            resources=resources_for(env), raise_on_error=False)
+            resources=resources_for(env), raise_on_error=False, tags=tags)
     report_id = None
     for event in result.get_asset_materialization_events():
         report_id = int(event.materialization.metadata["report_id"].value)  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ from recon_pipeline.defs.config import ReconciliationConfig, run_window
 from recon_pipeline.defs.metadata import SAMPLE_ROWS, report_metadata
 from recon_pipeline.defs.resources import MappingResource, MongoResource, PostgresResource, RunLock
 from recon_pipeline.engine.extract import ChunkPlan, ChunkResult, key_range_chunks, plan_chunks
+from recon_pipeline.engine.progress import PROGRESS_EXTRA, PROGRESS_INTERVAL, ChunkProgress
 from recon_pipeline.engine.repair import repair_batch
 from recon_pipeline.engine.report import (
     finish_report,
@@ -134,6 +135,7 @@ def retry_outbox(context: OpExecutionContext, ticket: RunTicket, postgres: Postg
 # Run tag forcing the chunk plan: "true" plans key-range chunks, "false" one chunk per
 # entity, whatever the executor and server (tests use it to exercise bounded chunks).
 KEY_RANGE_CHUNKS_TAG = "recon_pipeline/key_range_chunks"
+PROGRESS_INTERVAL_TAG = "recon_pipeline/progress_interval"
 # Executors that run every step in the run's own process (`execute_in_process` foists
 # the second onto the job; the default executor runs in process when configured so).
 IN_PROCESS_EXECUTORS = frozenset({"in_process", "execute_in_process_executor"})
@@ -188,16 +190,37 @@ def plan_chunks_op(context: OpExecutionContext, ticket: RunTicket, postgres: Pos
         yield DynamicOutput(ChunkTask(ticket, chunk), mapping_key=chunk.name)
 
 
+def progress_interval(context: OpExecutionContext) -> float:
+    """Seconds between progress lines within a chunk; the run tag PROGRESS_INTERVAL_TAG
+    overrides it (tests: 0 reports every batch read)."""
+    return float(context.run_tags.get(PROGRESS_INTERVAL_TAG, PROGRESS_INTERVAL))
+
+
 @op(pool=POOL)
 def diff_chunk_op(context: OpExecutionContext, task: ChunkTask, postgres: PostgresResource,
-                  mongo: MongoResource, mapping: MappingResource) -> ChunkResult:
+                  mongo: MongoResource, mapping: MappingResource) -> Output[ChunkResult]:
+    """Logs the chunk's progress (`ChunkProgress`, in the record's PROGRESS_EXTRA
+    attribute for whoever renders it: the CLI) and times the chunk in its metadata."""
     ticket = task.ticket
     engine, db = postgres.engine, mongo.unchecked_database
+    last: list[ChunkProgress] = []
+
+    def report(progress: ChunkProgress) -> None:
+        last[:] = [progress]
+        context.log.info(progress.line(), extra={PROGRESS_EXTRA: progress.as_dict()})
+
     result = safe_diff_chunk(engine, db, mapping.load(engine), ticket.report_id,
-                             ticket.window, task.chunk, utc_now())
+                             ticket.window, task.chunk, utc_now(), progress=report,
+                             progress_interval=progress_interval(context))
     record_chunk(engine, ticket.report_id, result)
     context.log.info(f"chunk {task.chunk.name}: {result}")
-    return result
+    seconds = last[0].seconds if last else 0.0
+    return Output(result, metadata={
+        "rows": result.records_checked,
+        "rows_per_second": round(last[0].rate if last else 0.0, 1),
+        "mismatches": (result.missing_in_mongo + result.field_mismatches
+                       + result.orphans_in_mongo),
+        "seconds": round(seconds, 3)})
 
 
 @op(pool=POOL, out={"batches": DynamicOut(RepairTask), "decision": Out(str | None)})  # type: ignore[arg-type]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,7 @@ from recon_pipeline.engine.diff import (
     merge_key,
 )
 from recon_pipeline.engine.prefetch import prefetched
+from recon_pipeline.engine.progress import PROGRESS_INTERVAL, ProgressCallback, ProgressMeter
 from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.model.mapping import EntityMapping, ReconConfig
 from recon_pipeline.model.normalize import is_key, order_key
@@ -189,31 +191,69 @@ def mismatch_row(entity: EntityMapping, mismatch: Mismatch) -> dict[str, Any]:
 
 def diff_chunk(engine: sa.Engine, db: Database[dict[str, Any]], config: ReconConfig,
                report_id: int, window: RunWindow, chunk: ChunkPlan,
-               detected_at: datetime) -> ChunkResult:
-    """Extract both sides of one chunk, diff them, and record the mismatches."""
+               detected_at: datetime, *, progress: ProgressCallback | None = None,
+               progress_interval: float = PROGRESS_INTERVAL,
+               clock: Callable[[], float] = time.monotonic) -> ChunkResult:
+    """Extract both sides of one chunk, diff them, and record the mismatches. `progress`
+    is told at the start, at most every `progress_interval` seconds (the clock is read
+    once per batch of rows, never per row) and at the end."""
     entity = config.entity(chunk.entity)
     sink = _MismatchSink(engine, entity, report_id, detected_at, [], {})
     tally = ScanTally()
-    mismatches = (_scan_mismatches(engine, db, entity, window, chunk, tally)
+    meter = None
+    if progress is not None:
+        total, estimated = _expected_rows(engine, config, window, chunk)
+        meter = ProgressMeter(chunk.name, total, progress, estimated=estimated,
+                              interval=progress_interval, clock=clock)
+
+    def read(rows: int) -> None:
+        if meter is not None:
+            meter.read(rows, sum(sink.counts.values()))
+
+    mismatches = (_scan_mismatches(engine, db, entity, window, chunk, tally, read)
                   if chunk.access is AccessPath.SCAN
-                  else _lookup_mismatches(engine, db, entity, window, chunk, tally))
+                  else _lookup_mismatches(engine, db, entity, window, chunk, tally, read))
     for mismatch in mismatches:
         sink.add(mismatch)
     sink.flush()
+    if meter is not None:
+        meter.finish(tally.checked, sum(sink.counts.values()))
     return ChunkResult(
         entity.name, tally.checked, sink.counts.get(MismatchKind.MISSING_IN_MONGO, 0),
         sink.counts.get(MismatchKind.FIELD_MISMATCH, 0),
         sink.counts.get(MismatchKind.ORPHAN_IN_MONGO, 0))
 
 
+def _expected_rows(engine: sa.Engine, config: ReconConfig, window: RunWindow,
+                   chunk: ChunkPlan) -> tuple[int | None, bool]:
+    """The rows the chunk should judge, for progress only: (rows, estimated). Counted by
+    the plan where it counted; a key range holds about `chunk_size` rows; an uncounted
+    full scan takes the catalog's estimate (no scan), else unknown."""
+    if chunk.lower is not None or chunk.upper is not None:
+        size = config.settings.chunk_size
+        return (min(size, chunk.rows) if chunk.rows is not None else size), True
+    if chunk.rows is not None:
+        return chunk.rows, False
+    if window.full_scan:
+        return estimate_rows(engine, config.entity(chunk.entity)), True
+    return None, False
+
+
+def _counted(batches: Iterable[Sequence[Any]], read: Callable[[int], None]
+             ) -> Iterator[Sequence[Any]]:
+    for batch in batches:
+        read(len(batch))
+        yield batch
+
+
 def _scan_mismatches(engine: sa.Engine, db: Database[dict[str, Any]], entity: EntityMapping,
-                     window: RunWindow, chunk: ChunkPlan, tally: ScanTally
-                     ) -> Iterator[Mismatch]:
+                     window: RunWindow, chunk: ChunkPlan, tally: ScanTally,
+                     read: Callable[[int], None]) -> Iterator[Mismatch]:
     """One sorted cursor per side, merged by `diff_sorted`."""
     start, end = (None, None) if window.full_scan else (window.start, window.end)
     # Batches are read ahead on both sides: the servers work while this thread compares.
-    rows = prefetched(stream_row_values(
-        engine, entity, start=start, end=end, lower=chunk.lower, upper=chunk.upper))
+    rows = _counted(prefetched(stream_row_values(
+        engine, entity, start=start, end=end, lower=chunk.lower, upper=chunk.upper)), read)
     documents = prefetched(scan_target_documents(
         db, entity, lower=chunk.lower, upper=chunk.upper))
     candidates: list[TargetRecord] = []
@@ -234,7 +274,7 @@ def _scan_mismatches(engine: sa.Engine, db: Database[dict[str, Any]], entity: En
 
 def _lookup_mismatches(engine: sa.Engine, db: Database[dict[str, Any]],
                        entity: EntityMapping, window: RunWindow, chunk: ChunkPlan,
-                       tally: ScanTally) -> Iterator[Mismatch]:
+                       tally: ScanTally, read: Callable[[int], None]) -> Iterator[Mismatch]:
     """The window's source rows, their targets fetched in `$in` batches."""
     key, embedded = entity.source.key, entity.target.embedded
     for batch in stream_rows(engine, entity, start=window.start, end=window.end,
@@ -242,6 +282,7 @@ def _lookup_mismatches(engine: sa.Engine, db: Database[dict[str, Any]],
         parents = [r[embedded.parent_key] for r in batch] if embedded else None
         snapshot = fetch_targets(db, entity, [r[key] for r in batch], parents)
         tally.checked += len(batch)
+        read(len(batch))
         for row in batch:
             # embedded: only the element under the row's own parent counts
             mismatch = judge(entity, row, snapshot.record_at(  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from pymongo.errors import PyMongoError
 from recon_pipeline.engine.cleanup import clean_up as clean_up_tables
 from recon_pipeline.engine.extract import ChunkPlan, ChunkResult, diff_chunk
 from recon_pipeline.engine.outbox.deliver import OutboxResult, deliver_outbox
+from recon_pipeline.engine.progress import PROGRESS_INTERVAL, ProgressCallback
 from recon_pipeline.engine.repair import repairable_kinds
 from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.model.mapping import ReconConfig
@@ -73,10 +74,12 @@ def begin_run(engine: sa.Engine, scope: RunScope, started_at: datetime) -> int:
 
 def safe_diff_chunk(engine: sa.Engine, db: Database[dict[str, Any]], config: ReconConfig,
                     report_id: int, window: RunWindow, chunk: ChunkPlan,
-                    detected_at: datetime) -> ChunkResult:
+                    detected_at: datetime, *, progress: ProgressCallback | None = None,
+                    progress_interval: float = PROGRESS_INTERVAL) -> ChunkResult:
     """A chunk that cannot be compared makes the run `partial`, it does not stop it."""
     try:
-        return diff_chunk(engine, db, config, report_id, window, chunk, detected_at)
+        return diff_chunk(engine, db, config, report_id, window, chunk, detected_at,
+                          progress=progress, progress_interval=progress_interval)
     except PyMongoError as error:
         message = mask_text(f"chunk {chunk.name}: MongoDB error: {error}")
         return ChunkResult(chunk.entity, error=message)

@@ -2,6 +2,7 @@
 printed, exit codes of SPEC 8, secrets never printed."""
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,22 @@ def test_no_secret_reaches_the_instance_the_report_or_the_output(
     # the resources' config as stored: the variables' names where the URLs were
     assert r'\"database_url\": {\"env\": \"DATABASE_URL\"}' in stored["resource config"]
     assert r'\"mongodb_url\": {\"env\": \"MONGODB_URL\"}' in stored["resource config"]
+
+
+def test_run_prints_progress_lines_on_stderr_while_stdout_stays_json(
+    cli_env: str, pg_engine: sa.Engine, mongo_db: Database[Any], config: ReconConfig,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Not a terminal (pytest captures stderr): the run log's own lines, one at each
+    chunk's start and end at least; the report on stdout still parses."""
+    seed(pg_engine, mongo_db, config)
+    code = main(["run", "--full-scan", "--dry-run", "--entity", "clients", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    report = json.loads(out)
+    checked = report["records_checked"]
+    lines = [line for line in err.splitlines() if line.startswith("chunk clients_0: ")]
+    assert len(lines) >= 2, err
+    assert re.match(r"chunk clients_0: 0(/~?[\d,]+)? rows, 0 rows/s, ", lines[0]), lines[0]
+    assert lines[-1].startswith(f"chunk clients_0: {checked:,}/{checked:,} rows, ")
+    assert "done in" in lines[-1] and "s3cret-pw" not in err

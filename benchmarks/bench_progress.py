@@ -11,14 +11,23 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from benchmarks.bench_reconcile import ENTITY, NOW, _config, seed, window
+from benchmarks.seed import ENTITY, mapping, seed_emails
 from benchmarks.servers import bench_servers
 from recon_pipeline.engine.extract import diff_chunk, plan_chunks
 from recon_pipeline.engine.progress import PROGRESS_INTERVAL, ChunkProgress, ProgressMeter
 from recon_pipeline.engine.run_steps import RunScope, begin_run
+from recon_pipeline.engine.window import RunWindow
 from recon_pipeline.stores.mongo import create_client
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def window() -> RunWindow:
+    return RunWindow(NOW - timedelta(days=400), NOW, full_scan=True)
+
 
 VARIANTS: dict[str, float | None] = {"off": None, "on (10 s)": PROGRESS_INTERVAL,
                                      "on (every batch)": 0.0}
@@ -58,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with bench_servers() as servers, servers.fresh_database() as (engine, url, name):
         client = create_client(servers.mongodb_url)
-        seed(engine, client, name, args.rows)
-        config = _config(engine, args.rows)
+        seed_emails(engine, client[name], 1, args.rows)
+        config = mapping(engine)
         times = engine_times(engine, client[name], config, args.repeats)
         base = statistics.median(times["off"])
         batches = -(-args.rows // 5000)

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks.paths import environment
 from benchmarks.servers import BenchServers, bench_servers
 from benchmarks.verdict import info, verdict
 
@@ -217,20 +218,6 @@ def dagster_home(servers: BenchServers) -> Iterator[dict[str, str]]:
             with psycopg.connect(servers.postgres_admin_url.replace("+psycopg", ""),
                                  autocommit=True) as conn:
                 conn.execute(f'drop database if exists "{name}" with (force)')
-
-
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def multiprocess_run(env: dict[str, str], execution: dict[str, Any] | None) -> RunTimes:

@@ -89,6 +89,20 @@ def write_dagster_home(home: Path, dagster_postgres_url: str) -> dict[str, str]:
     return dagster_home_environment(home, dagster_postgres_url, REPO)
 
 
+def set_step_environment(monkeypatch: Any, pg_url: str, mongo_db: Database[Any],
+                         home: Path, dagster_postgres_url: str,
+                         mapping: Path | None = None) -> None:
+    """What the job's step processes inherit when a test runs it out of process: the
+    servers, the mapping, and a PostgreSQL-backed DAGSTER_HOME (as the daemon has)."""
+    values = {"DATABASE_URL": pg_url, "MONGODB_URL": mongo_url_of(mongo_db),
+              "MONGODB_DATABASE": mongo_db.name,
+              **write_dagster_home(home, dagster_postgres_url)}
+    if mapping is not None:
+        values["RECON_CONFIG"] = str(mapping)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "RECON_"))}
     env.update(extra)

@@ -26,15 +26,14 @@ from recon_pipeline.defs.partitions import last_complete_hour
 from recon_pipeline.defs.resources import RunLock
 from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores import reports, run_lock
-from recon_pipeline_tests.conftest import mongo_url_of
 from recon_pipeline_tests.dagster_support import (
     SEED_NOW,
     WINDOW_END,
     WINDOW_START,
     mapping_with,
     seed,
+    set_step_environment,
     test_resources,
-    write_dagster_home,
 )
 
 PARTITION = last_complete_hour(SEED_NOW)
@@ -183,10 +182,8 @@ def test_multiprocess_run_with_several_chunks_reports_the_same_counts(
     in_process_row = latest_report(pg_engine)
 
     seed(pg_engine, mongo_db, config, clients=12)  # the same drift again
-    for name, value in {"DATABASE_URL": pg_url, "MONGODB_URL": mongo_url_of(mongo_db),
-                        "MONGODB_DATABASE": mongo_db.name, "RECON_CONFIG": str(mapping),
-                        **write_dagster_home(tmp_path / "home", dagster_postgres_url)}.items():
-        monkeypatch.setenv(name, value)
+    set_step_environment(monkeypatch, pg_url, mongo_db, tmp_path / "home",
+                         dagster_postgres_url, mapping)
     with DagsterInstance.get() as instance:
         result = execute_job(
             reconstructable(reconciliation_job_def), instance=instance,

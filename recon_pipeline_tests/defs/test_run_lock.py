@@ -35,6 +35,7 @@ from recon_pipeline_tests.dagster_support import (
     Seeded,
     child_env,
     seed,
+    set_step_environment,
     test_resources,
     write_dagster_home,
 )
@@ -284,10 +285,8 @@ def multiprocess_run(pg_url: str, mongo_db: Database[Any], dagster_postgres_url:
                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
                      success: bool = True, **options: Any) -> str:
     """The job as the daemon runs it: the multiprocess executor, a step per process."""
-    for name, value in {"DATABASE_URL": pg_url, "MONGODB_URL": mongo_url_of(mongo_db),
-                        "MONGODB_DATABASE": mongo_db.name,
-                        **write_dagster_home(tmp_path / "home", dagster_postgres_url)}.items():
-        monkeypatch.setenv(name, value)
+    set_step_environment(monkeypatch, pg_url, mongo_db, tmp_path / "home",
+                         dagster_postgres_url)
     with DagsterInstance.get() as instance:
         result = execute_job(
             reconstructable(reconciliation_job_def), instance=instance,
@@ -317,10 +316,8 @@ def test_reading_a_finished_runs_outputs_does_not_take_the_lock(
     process, to load outputs, after the run: that is no step, and must not hold the lock
     for a lease (the next run would wait two minutes for nothing)."""
     seed(pg_engine, mongo_db, config, clients=CLIENTS)
-    for name, value in {"DATABASE_URL": pg_url, "MONGODB_URL": mongo_url_of(mongo_db),
-                        "MONGODB_DATABASE": mongo_db.name,
-                        **write_dagster_home(tmp_path / "home", dagster_postgres_url)}.items():
-        monkeypatch.setenv(name, value)
+    set_step_environment(monkeypatch, pg_url, mongo_db, tmp_path / "home",
+                         dagster_postgres_url)
     with DagsterInstance.get() as instance, execute_job(
             reconstructable(reconciliation_job_def), instance=instance,
             tags={"dagster/partition": PARTITION},

@@ -28,7 +28,7 @@ from recon_pipeline.stores import reports
 from recon_pipeline.stores.mongo import create_client
 from recon_pipeline.stores.source import stream_rows
 from recon_pipeline.stores.target import VERSION_FIELD, ensure_target_indexes
-from recon_pipeline_tests.conftest import ServerUrls, mongo_url_of
+from recon_pipeline_tests.conftest import ServerUrls
 from recon_pipeline_tests.dagster_support import (
     SEED_NOW,
     WINDOW_END,
@@ -37,7 +37,7 @@ from recon_pipeline_tests.dagster_support import (
     report_of,
     run_job,
     seed,
-    write_dagster_home,
+    set_step_environment,
 )
 
 ENTITY = "incoming_emails"
@@ -203,10 +203,8 @@ def test_a_multiprocess_run_on_the_embedded_server_is_one_chunk_per_entity(
         pytest.skip("MONGODB_URL names another server: it may serve key ranges")
     mapping = mapping_with(tmp_path, chunk_size=10)
     seeded = seed(pg_engine, mongo_db, config, clients=12)
-    for name, value in {"DATABASE_URL": pg_url, "MONGODB_URL": mongo_url_of(mongo_db),
-                        "MONGODB_DATABASE": mongo_db.name, "RECON_CONFIG": str(mapping),
-                        **write_dagster_home(tmp_path / "home", dagster_postgres_url)}.items():
-        monkeypatch.setenv(name, value)
+    set_step_environment(monkeypatch, pg_url, mongo_db, tmp_path / "home",
+                         dagster_postgres_url, mapping)
     with DagsterInstance.get() as instance:
         result = execute_job(
             reconstructable(reconciliation_job_def), instance=instance,

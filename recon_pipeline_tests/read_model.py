@@ -141,6 +141,15 @@ def assert_converged(engine: sa.Engine, db: Database[dict[str, Any]],
 SOURCE_TABLES = ("clients", "creditor_debts", "incoming_emails")
 
 
+def mismatch_rows(engine: sa.Engine) -> list[tuple[str, str, str, str | None]]:
+    """(record key, kind, repair status, repair error) of the latest report's mismatches."""
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(  # type: ignore[misc]
+            "select record_key, kind, repair_status, repair_error from reconciliation_mismatches"
+            " where report_id = (select max(id) from reconciliation_reports)"
+            " order by record_key, kind"))]
+
+
 def dump_postgres(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
     """Every source row, outbox message and idempotency key. Only the moment a run marked
     a row synced is left out (a clock reading, not data): whether it is set is kept."""

@@ -27,6 +27,7 @@ from recon_pipeline.model.mapping import MappingError
 from recon_pipeline.stores import reports
 from recon_pipeline.stores.postgres import create_engine, load_mapping
 from recon_pipeline_tests.dagster_support import SEED_NOW, test_resources
+from recon_pipeline_tests.read_model import mismatch_rows
 
 PARTITION = last_complete_hour(SEED_NOW)
 # Every instant below is an hour or more in the past, so a run's clock sees it settled.
@@ -66,14 +67,6 @@ def write_mapping(tmp_path: Path, entities: str, *, settle_seconds: int = 60,
                     f"delete_orphans: {str(delete_orphans).lower()}}}\nentities:\n"
                     + textwrap.indent(textwrap.dedent(entities), "  "))
     return path
-
-
-def mismatch_rows(engine: sa.Engine) -> list[tuple[str, str, str, str | None]]:
-    with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(  # type: ignore[misc]
-            "select record_key, kind, repair_status, repair_error from reconciliation_mismatches"
-            " where report_id = (select max(id) from reconciliation_reports)"
-            " order by record_key, kind"))]
 
 
 def utc(moment: datetime) -> datetime:

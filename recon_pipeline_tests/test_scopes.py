@@ -24,6 +24,7 @@ from recon_pipeline.stores.postgres import load_mapping
 from recon_pipeline.stores.source import fetch_rows
 from recon_pipeline.stores.target import ensure_target_indexes
 from recon_pipeline_tests.dagster_support import SEED_NOW, run_job
+from recon_pipeline_tests.read_model import mismatch_rows
 
 W0, W1 = SEED_NOW - timedelta(hours=6), SEED_NOW - timedelta(hours=2)
 T_IN = W0 + timedelta(minutes=30)  # inside the window
@@ -53,14 +54,6 @@ def run(pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], mapping: Pat
 
 def counts(**given: int) -> dict[str, int]:
     return {name: given.get(name, 0) for name in COUNTS}
-
-
-def mismatch_rows(engine: sa.Engine) -> list[tuple[str, str, str, str | None]]:
-    with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(  # type: ignore[misc]
-            "select record_key, kind, repair_status, repair_error from reconciliation_mismatches"
-            " where report_id = (select max(id) from reconciliation_reports)"
-            " order by record_key, kind"))]
 
 
 def ids(db: Database[Any], collection: str) -> list[Any]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -30,7 +29,15 @@ import sqlalchemy as sa
 from psycopg.rows import dict_row
 from pymongo import MongoClient
 
-from benchmarks.paths import CliRun, JobRun, RunTarget, run_cli, run_in_process, run_multiprocess
+from benchmarks.paths import (
+    CliRun,
+    JobRun,
+    RunTarget,
+    Timed,
+    run_cli,
+    run_in_process,
+    run_multiprocess,
+)
 from benchmarks.seed import ENTITY, WINDOW, WINDOW_EVERY, mapping, seed_emails
 from benchmarks.servers import BenchServers, bench_servers
 from benchmarks.verdict import info, verdict
@@ -44,16 +51,6 @@ ROW_BY_ROW_SAMPLE = 2000
 FULL_SCAN = ("--full-scan", "--dry-run", "--entity", ENTITY)
 WINDOWED = ("--start", WINDOW[0].isoformat(), "--end", WINDOW[1].isoformat(), "--dry-run",
             "--entity", ENTITY)
-
-
-@dataclass(frozen=True, slots=True)
-class Timed:
-    rows: int
-    seconds: float
-
-    @property
-    def rate(self) -> float:
-        return self.rows / self.seconds
 
 
 def libpq_url(url: str) -> str:
@@ -145,8 +142,8 @@ def full_scan_lines(target: RunTarget, entity: EntityMapping, rows: int,
     # Read twice (before and after the runs), the faster kept: a raw read that met a
     # cold cache or a busy moment would flatter the ratios.
     raw = min(first_raw, raw_read(target, entity), key=lambda t: t.seconds)
-    if raw.rows != rows:
-        raise RuntimeError(f"raw read: {raw.rows} of {rows} rows")
+    if raw.count != rows:
+        raise RuntimeError(f"raw read: {raw.count} of {rows} rows")
     window = run_cli(target, WINDOWED)
     if window.records_checked != rows // WINDOW_EVERY:
         raise RuntimeError(f"hourly window: checked {window.records_checked}, expected "
@@ -178,7 +175,7 @@ def full_scan_lines(target: RunTarget, entity: EntityMapping, rows: int,
              f"{window.seconds / cli.seconds:.2f}x (the target, <= 0.15x, is set at "
              f"{WINDOW_TARGET_ROWS:,} rows: `make bench BENCH_ARGS=--large`)"),
         info(f"row by row {size}", f"{naive.rate:,.0f} rows/s (one select + one find_one "
-             f"per row, {naive.rows} sampled)"),
+             f"per row, {naive.count} sampled)"),
         verdict(f"full scan, CLI vs row by row {size}", cli_rate / naive.rate, 10, digits=1),
     ]
 

@@ -1,9 +1,9 @@
 """`reconciliation_report`: one report per run, materialized by a graph of ops.
 
 outbox retry and plan chunks (side by side) → diff each chunk (fanned out) → decide
-repairs → repair each batch (fanned out) → cleanup → report (+ the six checks). This graph is the only place
-where the steps of a run are put in order: the CLI, the tests and the benchmarks run it
-through `reconciliation_job`."""
+repairs → repair each batch (fanned out) → cleanup → report (+ the six checks). This graph
+is the only place where the steps of a run are put in order: the CLI, the tests and the
+benchmarks run it through `reconciliation_job`."""
 
 from typing import Any
 

@@ -87,7 +87,7 @@ def stop_forkserver() -> None:
     has imported Dagster and the code location (0.5 s at the end of every run, measured),
     and it holds nothing to flush: its steps have ended and report through their own
     processes."""
-    server = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
+    server: Any = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
     pid = server._forkserver_pid
     if pid is not None:
         with suppress(ProcessLookupError):

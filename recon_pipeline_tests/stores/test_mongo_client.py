@@ -21,7 +21,8 @@ def test_a_read_in_flight_outlives_a_server_slow_to_answer_its_heartbeat(
         collection.drop()
         collection.insert_many([{"_id": n} for n in range(7)])
         cursor = collection.find({}, sort=[("_id", 1)], batch_size=4)
-        first = [next(cursor)["_id"] for _ in range(4)]  # the first batch; one getMore brings the other 3
+        first = [next(cursor)["_id"] for _ in range(4)]  # the first batch
+        # one getMore brings the other 3
         with faults.fail_point(servers.mongodb_url, APP, "alwaysOn",
                                failCommands=["hello", "isMaster", "getMore"],
                                blockConnection=True, blockTimeMS=LATE_MS):

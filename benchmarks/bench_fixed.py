@@ -282,16 +282,20 @@ def describe_multiprocess(label: str, run: RunTimes) -> str:
         f"(max {max(later):.2f}); inside the steps {_seconds(run.in_steps)}")
 
 
-# Steps that follow one another and could be one op each (figure only: the op graph is
-# left as it is): start_run + retry_outbox + plan_chunks_op, decide_repairs_op +
+# Steps the graph runs side by side: one level of the run.
+SIDE_BY_SIDE = frozenset({"retry_outbox", "plan_chunks_op"})
+# Levels that follow one another and could be one op each (figure only: the op graph is
+# left as it is): start_run + retry_outbox|plan_chunks_op, decide_repairs_op +
 # clean_up_op + write_report when there is nothing to repair.
-MERGEABLE = (("start_run", "retry_outbox", "plan_chunks_op"),
+MERGEABLE = (("start_run", "retry_outbox|plan_chunks_op"),
              ("decide_repairs_op", "clean_up_op", "write_report"))
 
 
 def sequential_levels(run: RunTimes) -> int:
-    """Steps one after another: fanned-out steps (`diff_chunk_op[...]`) count once."""
-    return len({name.split("[")[0] for name in run.steps})
+    """Steps one after another: fanned-out steps (`diff_chunk_op[...]`) count once, and
+    so do the steps that run side by side."""
+    names = {name.split("[")[0] for name in run.steps}
+    return len(names) - max(len(names & SIDE_BY_SIDE) - 1, 0)
 
 
 def describe_merging(run: RunTimes) -> str:

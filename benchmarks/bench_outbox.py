@@ -31,7 +31,7 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from benchmarks.paths import RunTarget, run_in_process
+from benchmarks.paths import RunTarget, Timed, run_in_process
 from benchmarks.servers import BenchServers, bench_servers
 from benchmarks.verdict import info, verdict
 from recon_pipeline.engine.projection import (
@@ -57,16 +57,6 @@ NOW = datetime(2026, 1, 2, tzinfo=UTC)
 # A window before every row's updated_at: the runs judge nothing, they deliver.
 EMPTY_WINDOW = {"window_start": datetime(2025, 1, 1, tzinfo=UTC),
                 "window_end": datetime(2025, 1, 1, 1, tzinfo=UTC)}
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    documents: int
-    seconds: float
-
-    @property
-    def rate(self) -> float:
-        return self.documents / self.seconds if self.seconds else float("inf")
 
 
 def email_rows(count: int) -> list[dict[str, Any]]:
@@ -117,7 +107,7 @@ def timed_bulk_writes(collection: Collection[dict[str, Any]], ops: Sequence[Writ
 
 
 def per_message_baseline(engine: sa.Engine, db: Database[dict[str, Any]],
-                         entity: EntityMapping, rows: list[dict[str, Any]]) -> Timing:
+                         entity: EntityMapping, rows: list[dict[str, Any]]) -> Timed:
     """The naive delivery: for each message one guarded write and one commit."""
     m = schema.outbox_messages.c
     collection = db["bench_per_message"]
@@ -138,18 +128,18 @@ def per_message_baseline(engine: sa.Engine, db: Database[dict[str, Any]],
     with engine.begin() as conn:  # the sample is delivered again by the measured run
         conn.execute(sa.update(schema.outbox_messages).where(m.id.in_(ids))
                      .values(status="pending", processed_at=None))
-    return Timing(len(rows), elapsed)
+    return Timed(len(rows), elapsed)
 
 
 @dataclass(frozen=True, slots=True)
 class Measured:
-    guarded: Timing
-    plain: Timing
-    delivery: Timing  # the retry_outbox steps of the job runs
+    guarded: Timed
+    plain: Timed
+    delivery: Timed  # the retry_outbox steps of the job runs
 
 
 def interleaved(engine: sa.Engine, db: Database[dict[str, Any]], target: RunTarget,
-                config: ReconConfig, rows: list[dict[str, Any]]) -> tuple[Measured, Timing]:
+                config: ReconConfig, rows: list[dict[str, Any]]) -> tuple[Measured, Timed]:
     """Raw guarded bulk_write, raw plain bulk_write (every other round: it is only for
     information) and a job run delivering the same documents, alternating in rounds; the
     per-message baseline on the first round's first messages, before its run delivers
@@ -159,7 +149,7 @@ def interleaved(engine: sa.Engine, db: Database[dict[str, Any]], target: RunTarg
     round_size = max(batch, -(-len(rows) // ROUNDS // batch) * batch)
     guarded = plain = deliver = 0.0
     plain_documents = delivered = 0
-    baseline = Timing(0, 0.0)
+    baseline = Timed(0, 0.0)
     for number, start in enumerate(range(0, len(rows), round_size)):
         part = rows[start:start + round_size]
         queue_messages(engine, part)
@@ -174,8 +164,8 @@ def interleaved(engine: sa.Engine, db: Database[dict[str, Any]], target: RunTarg
         delivered += int(run.report["outbox_sent"])
     if delivered != len(rows):
         raise RuntimeError(f"outbox benchmark: delivered {delivered} of {len(rows)} messages")
-    return Measured(Timing(len(rows), guarded), Timing(plain_documents, plain),
-                    Timing(len(rows), deliver)), baseline
+    return Measured(Timed(len(rows), guarded), Timed(plain_documents, plain),
+                    Timed(len(rows), deliver)), baseline
 
 
 def run(servers: BenchServers, messages: int = 50_000) -> list[str]:
@@ -196,7 +186,7 @@ def run(servers: BenchServers, messages: int = 50_000) -> list[str]:
         info(label, f"{delivery:,.0f} msg/s (retry_outbox steps, {ROUNDS} runs); raw "
              f"bulk_write {measured.guarded.rate:,.0f} docs/s guarded, "
              f"{measured.plain.rate:,.0f} docs/s plain; one write + one commit per message "
-             f"{baseline.rate:,.0f} msg/s (on {baseline.documents:,})"),
+             f"{baseline.rate:,.0f} msg/s (on {baseline.count:,})"),
         verdict(f"{label} vs raw bulk_write of the same guarded upserts",
                 delivery / measured.guarded.rate, 0.8),
         info(f"{label} vs raw bulk_write of plain upserts",

@@ -33,6 +33,18 @@ from recon_pipeline.stores.postgres import create_engine
 
 
 @dataclass(frozen=True, slots=True)
+class Timed:
+    """How many rows (documents, messages) a timed piece of work handled, and in how long."""
+
+    count: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds else float("inf")
+
+
+@dataclass(frozen=True, slots=True)
 class RunTarget:
     """The servers and MongoDB database a run points at."""
 

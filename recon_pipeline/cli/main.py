@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -211,6 +213,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error), env, EXIT_FAILED)
     except Exception as error:  # noqa: BLE001 - last line of defence: never leak a secret
         return _fail(f"{type(error).__name__}: {error}", env, EXIT_FAILED)
+
+
+def entry() -> None:
+    """The `recon-pipeline` console script: `main`, then out of the process at once.
+
+    When `main` returns, the command has printed (flushed) everything and closed what it
+    opened: engines, MongoDB clients, Dagster's instance; a run's report is committed.
+    Tearing the interpreter down after that cost about 1 s of every command (pymongo joins
+    its monitor threads, Python frees a heap that holds Dagster): `run` over an empty
+    window took 3.3 s, and takes 2.3 s."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _fail(message: str, env: Environment | None, code: int) -> int:

@@ -1,9 +1,9 @@
 """`reconciliation_report`: one report per run, materialized by a graph of ops.
 
-outbox retry → plan chunks → diff each chunk (fanned out) → decide repairs → repair each
-batch (fanned out) → cleanup → report (+ the six checks). This graph is the only place
-where the steps of a run are put in order: the CLI, the tests and the benchmarks run it
-through `reconciliation_job`."""
+outbox retry and plan chunks (side by side) → diff each chunk (fanned out) → decide
+repairs → repair each batch (fanned out) → cleanup → report (+ the six checks). This graph
+is the only place where the steps of a run are put in order: the CLI, the tests and the
+benchmarks run it through `reconciliation_job`."""
 
 from typing import Any
 
@@ -66,8 +66,11 @@ def _to_start_run(config: dict[str, Any]) -> dict[str, Any]:
 def reconciliation_report() -> dict[str, Any]:
     ticket = start_run.with_hooks(HOOKS)()
     outbox = retry_outbox.with_hooks(HOOKS)(ticket)
-    chunks = plan_chunks_op.with_hooks(HOOKS)(ticket, after_outbox=outbox).map(
-        diff_chunk_op.with_hooks(HOOKS)).collect()
+    # Planning reads only PostgreSQL, which the outbox does not write: it runs beside the
+    # outbox retry (a step's start-up saved out of process); each chunk waits for both.
+    diff_chunk = diff_chunk_op.with_hooks(HOOKS)
+    chunks = plan_chunks_op.with_hooks(HOOKS)(ticket).map(
+        lambda task: diff_chunk(task, after_outbox=outbox)).collect()
     batches, decision = decide_repairs_op.with_hooks(HOOKS)(ticket, chunks)
     repaired = batches.map(repair_batch_op.with_hooks(HOOKS)).collect()
     cleanup = clean_up_op.with_hooks(HOOKS)(ticket, repaired)

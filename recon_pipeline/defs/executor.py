@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import multiprocessing.forkserver
 import os
+import signal
 from collections.abc import Iterator, Mapping
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from dagster import (
@@ -79,9 +81,20 @@ def with_forkserver_default(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def stop_forkserver() -> None:
-    """Stop this process's forkserver, if one runs: the next run starts its own."""
-    # A private method (CPython's own tests stop the server with it), on every 3.11.
-    multiprocessing.forkserver._forkserver._stop()  # type: ignore[attr-defined]
+    """Stop this process's forkserver, if one runs: the next run starts its own.
+
+    SIGTERM first: left to exit by itself, the forkserver tears down an interpreter that
+    has imported Dagster and the code location (0.5 s at the end of every run, measured),
+    and it holds nothing to flush: its steps have ended and report through their own
+    processes."""
+    server: Any = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
+    pid = server._forkserver_pid
+    if pid is not None:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    # A private method (CPython's own tests stop the server with it), on every 3.11; it
+    # reaps the process.
+    server._stop()
 
 
 class ForkserverPerRun(Executor):

@@ -167,7 +167,7 @@ def wants_key_ranges(context: OpExecutionContext, mongo: MongoResource) -> bool:
         server_serves_ranges=parallel and serves_key_ranges(mongo.unchecked_database))
 
 
-@op(pool=POOL, ins={"after_outbox": In(Nothing)}, out=DynamicOut(ChunkTask))
+@op(pool=POOL, out=DynamicOut(ChunkTask))
 def plan_chunks_op(context: OpExecutionContext, ticket: RunTicket, postgres: PostgresResource,
                    mongo: MongoResource,
                    mapping: MappingResource) -> Iterator[DynamicOutput[ChunkTask]]:
@@ -196,11 +196,12 @@ def progress_interval(context: OpExecutionContext) -> float:
     return float(context.run_tags.get(PROGRESS_INTERVAL_TAG, PROGRESS_INTERVAL))
 
 
-@op(pool=POOL)
+@op(pool=POOL, ins={"after_outbox": In(Nothing)})
 def diff_chunk_op(context: OpExecutionContext, task: ChunkTask, postgres: PostgresResource,
                   mongo: MongoResource, mapping: MappingResource) -> Output[ChunkResult]:
-    """Logs the chunk's progress (`ChunkProgress`, in the record's PROGRESS_EXTRA
-    attribute for whoever renders it: the CLI) and times the chunk in its metadata."""
+    """After the outbox retry (`after_outbox`): what it delivered is not drift. Logs the
+    chunk's progress (`ChunkProgress`, in the record's PROGRESS_EXTRA attribute for
+    whoever renders it: the CLI) and times the chunk in its metadata."""
     ticket = task.ticket
     engine, db = postgres.engine, mongo.unchecked_database
     last: list[ChunkProgress] = []

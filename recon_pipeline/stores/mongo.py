@@ -13,6 +13,13 @@ from recon_pipeline.model.masking import mask_text, mask_url, url_secrets
 
 Document = dict[str, Any]
 SERVER_SELECTION_TIMEOUT_MS = 5000
+# Also how long the driver's monitor waits for a heartbeat (plus `heartbeatFrequencyMS`,
+# 10 s, while it streams them), and a heartbeat that times out makes pymongo cancel every
+# operation in flight on that server ("operation cancelled"). A server busy building a
+# large sorted result answers late: secantusdb at 1M documents, on a loaded machine, was
+# late by more than the 5 s this once was and cut full scans short. A server that is not
+# there is still found out after SERVER_SELECTION_TIMEOUT_MS.
+CONNECT_TIMEOUT_MS = 30_000
 # The embedded server (secantusdb) names its own version in `buildInfo` under this key (it
 # reports itself as MongoDB 8.2 otherwise): it answers a query bounded on `_id` by scanning
 # the whole collection (EMBEDDED_MONGODB.md).
@@ -25,7 +32,7 @@ class MongoUnavailable(RuntimeError):
 
 def create_client(url: str, **options: Any) -> MongoClient[Document]:
     options.setdefault("serverSelectionTimeoutMS", SERVER_SELECTION_TIMEOUT_MS)
-    options.setdefault("connectTimeoutMS", SERVER_SELECTION_TIMEOUT_MS)
+    options.setdefault("connectTimeoutMS", CONNECT_TIMEOUT_MS)
     return MongoClient(url, tz_aware=True, uuidRepresentation="standard", **options)
 
 

@@ -6,6 +6,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,3 +114,24 @@ def test_each_run_gets_a_forkserver_of_its_own(monkeypatch: pytest.MonkeyPatch) 
         server = multiprocessing.forkserver._forkserver
         assert server._forkserver_pid is None  # type: ignore[attr-defined]
     assert inner.seen == ["first run", "second run"]
+
+
+def test_a_run_stops_its_forkserver_without_tearing_down_its_interpreter(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The forkserver has imported Dagster and the code location: an orderly exit would
+    tear that interpreter down at the end of every run (its atexit hooks run, here the
+    probe's); it is ended at once instead."""
+    probe = tmp_path / "teardown"
+    monkeypatch.setenv("RECON_TEARDOWN_PROBE", str(probe))
+    context = multiprocessing.get_context("forkserver")
+    server = multiprocessing.forkserver._forkserver
+    preloaded = server._preload_modules  # type: ignore[attr-defined]
+    context.set_forkserver_preload(["recon_pipeline_tests.defs.forkserver_teardown_probe"])
+    try:
+        inner = ForksOneStep()
+        list(ForkserverPerRun(inner, "forkserver").execute(None, None))  # type: ignore[arg-type]
+    finally:
+        context.set_forkserver_preload(preloaded)
+    assert inner.seen == [None]  # one step ran, forked from that forkserver
+    assert server._forkserver_pid is None  # type: ignore[attr-defined]
+    assert not probe.exists()

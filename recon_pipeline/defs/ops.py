@@ -118,7 +118,13 @@ def start_run(context: OpExecutionContext, config: ReconciliationConfig,
     return RunTicket(context.run_id, report_id, window, config.dry_run, entities, available)
 
 
-@op(pool=POOL)
+# Out of process, the outbox retry and planning run side by side; in process (the CLI,
+# one step at a time) the outbox goes first, so a run that fails while planning has
+# delivered the outbox all the same.
+FIRST = {"dagster/priority": "1"}
+
+
+@op(pool=POOL, tags=FIRST)
 def retry_outbox(context: OpExecutionContext, ticket: RunTicket, postgres: PostgresResource,
                  mongo: MongoResource, mapping: MappingResource) -> dict:
     """Runs even when MongoDB is down: delivery stops at the first connection failure. The

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.paths import environment
+from benchmarks.paths import console_script, environment
 from benchmarks.servers import BenchServers, bench_servers
 from benchmarks.verdict import info, verdict
 
@@ -177,14 +177,14 @@ def import_seconds(stderr: str) -> float:
 
 def cli_process(pg_url: str, mongo_url: str, db_name: str, *,
                 importtime: bool = False) -> tuple[float, float, str]:
-    """Wall and CPU time of one `recon-pipeline run --dry-run --json` over the empty
-    window, and its stderr."""
+    """Wall and CPU time of one `recon-pipeline run --dry-run --json` (the console script)
+    over the empty window, and its stderr."""
     start, end = empty_window()
     env = {**os.environ, "DATABASE_URL": pg_url, "MONGODB_URL": mongo_url,
            "MONGODB_DATABASE": db_name}
     env.pop("DAGSTER_HOME", None)
     command = [sys.executable, *(["-X", "importtime"] if importtime else []),
-               "-m", "recon_pipeline.cli.main", "run", "--start", start.isoformat(),
+               console_script(), "run", "--start", start.isoformat(),
                "--end", end.isoformat(), "--dry-run", "--json"]
     began, before = time.perf_counter(), os.times()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

@@ -237,6 +237,6 @@ def _fail(message: str, env: Environment | None, code: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
 
 

@@ -3,6 +3,7 @@ consistent MongoDB copies written through the one projection."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -44,6 +45,15 @@ def email_row(email_id: int, ref: str, *, at: datetime = T0, **overrides: Any) -
 def insert(engine: sa.Engine, table: sa.Table, *rows: dict[str, Any]) -> None:
     with engine.begin() as conn:
         conn.execute(table.insert(), list(rows))
+
+
+def add_outbox(engine: sa.Engine, messages: list[tuple[str, Any, dict[str, Any]]]) -> None:
+    """`upsert` outbox messages, due now: (aggregate type, aggregate id, payload)."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "insert into outbox_messages (aggregate_type, aggregate_id, operation, payload)"
+            " values (:t, :k, 'upsert', cast(:p as jsonb))"),
+            [{"t": t, "k": str(k), "p": json.dumps(p)} for t, k, p in messages])
 
 
 def mirror(db: Database, config: ReconConfig, entity_name: str, *rows: dict[str, Any],

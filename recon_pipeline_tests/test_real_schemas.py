@@ -5,7 +5,6 @@ written (SPEC 6, "Window", "Repair", "Outbox retry")."""
 
 from __future__ import annotations
 
-import json
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +25,7 @@ from recon_pipeline.defs.partitions import last_complete_hour
 from recon_pipeline.model.mapping import MappingError
 from recon_pipeline.stores import reports
 from recon_pipeline.stores.postgres import create_engine, load_mapping
+from recon_pipeline_tests.builders import add_outbox
 from recon_pipeline_tests.dagster_support import SEED_NOW, test_resources
 from recon_pipeline_tests.read_model import mismatch_rows
 
@@ -252,14 +252,6 @@ def create_tickets(engine: sa.Engine) -> None:
                              "updated_at timestamptz)"))
         conn.execute(sa.text("create table ticket_notes (id bigint primary key, "
                              "ticket_id bigint, body text, updated_at timestamptz)"))
-
-
-def add_outbox(engine: sa.Engine, messages: list[tuple[str, int, dict[str, Any]]]) -> None:
-    with engine.begin() as conn:
-        conn.execute(sa.text(
-            "insert into outbox_messages (aggregate_type, aggregate_id, operation, payload)"
-            " values (:t, :k, 'upsert', cast(:p as jsonb))"),
-            [{"t": t, "k": str(k), "p": json.dumps(p)} for t, k, p in messages])
 
 
 def outbox_statuses(engine: sa.Engine) -> list[tuple[str, str, str, int]]:

@@ -23,6 +23,7 @@ from recon_pipeline.stores import reports
 from recon_pipeline.stores.postgres import load_mapping
 from recon_pipeline.stores.source import fetch_rows
 from recon_pipeline.stores.target import ensure_target_indexes
+from recon_pipeline_tests.builders import add_outbox
 from recon_pipeline_tests.dagster_support import SEED_NOW, run_job
 from recon_pipeline_tests.read_model import mismatch_rows
 
@@ -63,14 +64,6 @@ def ids(db: Database[Any], collection: str) -> list[Any]:
 def raw_documents(db: Database[Any], collection: str, query: dict[str, Any]) -> list[bytes]:
     handle = db.get_collection(collection, CodecOptions(document_class=RawBSONDocument))
     return [bytes(d.raw) for d in handle.find(query, sort=[("_id", 1)])]
-
-
-def add_outbox(engine: sa.Engine, messages: list[tuple[str, Any, dict[str, Any]]]) -> None:
-    with engine.begin() as conn:
-        conn.execute(sa.text(
-            "insert into outbox_messages (aggregate_type, aggregate_id, operation, payload)"
-            " values (:t, :k, 'upsert', cast(:p as jsonb))"),
-            [{"t": t, "k": str(k), "p": json.dumps(p)} for t, k, p in messages])
 
 
 def outbox_statuses(engine: sa.Engine) -> list[tuple[str, str, int, str | None]]:

@@ -46,7 +46,7 @@ from benchmarks.verdict import info, verdict
 from recon_pipeline.engine.diff import judge
 from recon_pipeline.model.mapping import EntityMapping
 from recon_pipeline.stores.mongo import create_client
-from recon_pipeline.stores.target import VERSION_FIELD, records_of
+from recon_pipeline.stores.target import VERSION_FIELD, records_of, sort_index
 
 READ_BATCH = 5000
 ROW_BY_ROW_SAMPLE = 2000
@@ -63,10 +63,10 @@ def libpq_url(url: str) -> str:
 def raw_read(target: RunTarget, entity: EntityMapping) -> Timed:
     """Both sides read in lockstep in one thread, no comparison: a psycopg server-side
     cursor (fetchmany) over the columns extraction reads, in key order, and a pymongo
-    cursor over the fields it reads, sorted by key, through the `_id` index when the key
-    is `_id`, as the pipeline's scan reads it (without that hint secantusdb sorts the
-    whole collection in memory first: a slower baseline would flatter the ratios). Not
-    our code: the baseline."""
+    cursor over the fields it reads, sorted by key through the index the pipeline's scan
+    names (`sort_index`: without it secantusdb sorts the whole collection in memory
+    first, and a slower baseline would flatter the ratios). Otherwise not our code: the
+    baseline."""
     columns = ", ".join(f'"{c}"' for c in entity.source_columns)
     query = (f'select {columns} from "{entity.source.table}" '
              f'order by "{entity.source.key}"')
@@ -79,9 +79,10 @@ def raw_read(target: RunTarget, entity: EntityMapping) -> Timed:
         with psycopg.connect(libpq_url(target.postgres_url)) as conn, \
                 conn.cursor(name="bench_raw_read") as cursor:
             cursor.execute(query)
-            documents = client[target.mongodb_database][entity.target.collection].find(
+            collection = client[target.mongodb_database][entity.target.collection]
+            documents = collection.find(
                 {}, projection, sort=[(entity.target.key, 1)], batch_size=READ_BATCH,
-                hint="_id_" if entity.target.key == "_id" else None)
+                hint=sort_index(collection, entity))
             while batch := cursor.fetchmany(READ_BATCH):
                 for _row, _document in zip(batch, documents, strict=False):
                     count += 1
@@ -159,8 +160,7 @@ def full_scan_lines(target: RunTarget, entity: EntityMapping, rows: int,
     cli_runs.append(max(clis, key=lambda r: r.peak_rss_mb))  # peak RSS: the larger
     cli_rate = rows / cli.seconds
     yield info(f"full scan, CLI {size}", f"{cli.seconds:.1f} s, {cli_rate:,.0f} rows/s "
-               f"({_best_of(clis)}), peak RSS "
-               f"{max(c.peak_rss_mb for c in clis):.0f} MB")
+               f"({_best_of(clis)}), peak RSS {cli_runs[-1].peak_rss_mb:.0f} MB")
     # Read twice (before and after the runs), the faster kept, as each path's best run
     # is: a raw read that met a cold cache or a busy moment would flatter the ratios.
     raws = [first_raw, raw_read(target, entity)]

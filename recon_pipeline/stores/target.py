@@ -171,7 +171,7 @@ def scan_target_documents(db: Database[Document], entity: EntityMapping, *,
     ObjectId. So the first chunk (no lower bound) also reads every key of a type the
     source cannot hold, or a stray would be in no chunk at all."""
     collection = db[entity.target.collection]
-    hint = _sort_index(collection, entity)
+    hint = sort_index(collection, entity)
     cursors = [collection.find(
         scoped(entity, query), projection_of(entity), sort=[(entity.target.key, 1)],
         batch_size=batch_size, hint=hint)
@@ -189,7 +189,7 @@ def scan_target_documents(db: Database[Document], entity: EntityMapping, *,
 ID_INDEX = "_id_"
 
 
-def _sort_index(collection: Collection[Document], entity: EntityMapping) -> str | None:
+def sort_index(collection: Collection[Document], entity: EntityMapping) -> str | None:
     """The `_id` index for a scan sorted on `_id`, unless the collection has none to walk
     (a clustered collection's `_id` is its storage order). secantusdb otherwise reads the
     whole collection and sorts it in memory before the first batch: with the index, a

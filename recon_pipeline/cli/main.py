@@ -222,7 +222,7 @@ def entry() -> None:
     opened: engines, MongoDB clients, Dagster's instance; a run's report is committed.
     Tearing the interpreter down after that cost about 1 s of every command (pymongo joins
     its monitor threads, Python frees a heap that holds Dagster): `run` over an empty
-    window took 3.3 s, and takes 2.3 s."""
+    window took 3.3 s, and takes 2.1 s."""
     code = main()
     logging.shutdown()
     sys.stdout.flush()

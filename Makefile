@@ -29,7 +29,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check recon_pipeline recon_pipeline_tests benchmarks
-	$(BIN)/mypy recon_pipeline
+	$(BIN)/mypy recon_pipeline benchmarks
 
 clean:
 	-$(BIN)/recon-pipeline embedded stop

@@ -89,7 +89,8 @@ def documents_of(entity: EntityMapping, tuples: Sequence[tuple[Any, ...]]) -> li
 def row_batches(entity: EntityMapping, tuples: Sequence[tuple[Any, ...]]
                 ) -> Iterator[Sequence[Any]]:
     """The tuples wrapped as `stream_rows` wraps a cursor's (the same SQLAlchemy result)."""
-    result = IteratorResult(SimpleResultMetaData(list(entity.source_columns)), iter(tuples))
+    result: IteratorResult[Any] = IteratorResult(
+        SimpleResultMetaData(list(entity.source_columns)), iter(tuples))
     return stream_batches(result, BATCH)
 
 
@@ -108,7 +109,7 @@ def cpu_rate(entity: EntityMapping, tuples: Sequence[tuple[Any, ...]],
              documents: Sequence[dict[str, Any]], repeat: int) -> tuple[float, dict[str, int]]:
     """(rows/s per core, mismatches by kind), best of `repeat` passes."""
     window = RunWindow(NOW - timedelta(days=400), NOW, full_scan=True)
-    best, kinds = float("inf"), {}
+    best, kinds = float("inf"), dict[str, int]()
     for _ in range(repeat):
         tally = ScanTally()
         kinds = {}

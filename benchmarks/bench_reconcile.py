@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -134,6 +134,13 @@ def _steps(run: JobRun) -> str:
 REPEATS = 2  # runs of each path per size, the fastest kept (the raw read: 2 as well)
 
 
+Run = TypeVar("Run", CliRun, JobRun, Timed)
+
+
+def _fastest(runs: Sequence[Run]) -> Run:
+    return min(runs, key=lambda r: r.seconds)
+
+
 def _best_of(runs: Sequence[CliRun | JobRun | Timed]) -> str:
     return "best of " + ", ".join(f"{r.seconds:.1f}" for r in runs) + " s"
 
@@ -155,8 +162,8 @@ def full_scan_lines(target: RunTarget, entity: EntityMapping, rows: int,
         in_processes.append(run_in_process(target, full_scan=True, dry_run=True,
                                            entities=[ENTITY]))
         _checked(in_processes[-1], rows, "in-process full scan")
-    cli, multiprocess, in_process = (min(runs, key=lambda r: r.seconds)
-                                     for runs in (clis, multiprocesses, in_processes))
+    cli, multiprocess, in_process = _fastest(clis), _fastest(multiprocesses), \
+        _fastest(in_processes)
     cli_runs.append(max(clis, key=lambda r: r.peak_rss_mb))  # peak RSS: the larger
     cli_rate = rows / cli.seconds
     yield info(f"full scan, CLI {size}", f"{cli.seconds:.1f} s, {cli_rate:,.0f} rows/s "
@@ -164,7 +171,7 @@ def full_scan_lines(target: RunTarget, entity: EntityMapping, rows: int,
     # Read twice (before and after the runs), the faster kept, as each path's best run
     # is: a raw read that met a cold cache or a busy moment would flatter the ratios.
     raws = [first_raw, raw_read(target, entity)]
-    raw = min(raws, key=lambda t: t.seconds)
+    raw = _fastest(raws)
     if raw.count != rows:
         raise RuntimeError(f"raw read: {raw.count} of {rows} rows")
     window = run_cli(target, WINDOWED)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.paths import console_script, environment
+import yaml
+
+from benchmarks.paths import QUIET_INSTANCE, console_script, environment
 from benchmarks.servers import BenchServers, bench_servers
 from benchmarks.verdict import info, verdict
 
@@ -199,7 +200,9 @@ def cli_process(pg_url: str, mongo_url: str, db_name: str, *,
 @contextmanager
 def dagster_home(servers: BenchServers) -> Iterator[dict[str, str]]:
     """A DAGSTER_HOME with the project's dagster.yaml, its storage a fresh PostgreSQL
-    database (as the daemon runs it); the environment variables that select it."""
+    database (as the daemon runs it); the environment variables that select it. The copy
+    also sets the step processes' console logger to WARNING (paths.QUIET_INSTANCE): each
+    step would otherwise print its STEP_WORKER_STARTED line amid the bench's output."""
     import sqlalchemy as sa
 
     from recon_pipeline.local import embedded
@@ -209,7 +212,8 @@ def dagster_home(servers: BenchServers) -> Iterator[dict[str, str]]:
     url = sa.make_url(servers.postgres_admin_url).set(
         drivername="postgresql+psycopg2", database=name).render_as_string(hide_password=False)
     with tempfile.TemporaryDirectory(prefix="recon-bench-home-") as home:
-        shutil.copy(REPO / "dagster.yaml", Path(home) / "dagster.yaml")
+        config = (REPO / "dagster.yaml").read_text() + yaml.safe_dump(QUIET_INSTANCE)
+        (Path(home) / "dagster.yaml").write_text(config)
         try:
             yield {"DAGSTER_HOME": home, "DAGSTER_POSTGRES_URL": url}
         finally:

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
-from pymongo import monitoring
 from pymongo.database import Database
 from sqlalchemy.pool import NullPool
 
@@ -39,38 +38,12 @@ from recon_pipeline_tests.dagster_support import (
     seed,
     set_step_environment,
 )
+from recon_pipeline_tests.mongo_commands import Reads
 
 ENTITY = "incoming_emails"
 ROWS, IN_WINDOW = 2000, 20  # 1% of the table changed in the window
 ORPHAN_ID = 10**6
-READS = {"find", "aggregate", "count", "distinct"}
 DEADLINE_SECONDS = 30
-
-
-class Reads(monitoring.CommandListener):
-    """Every read command on one collection, and the documents their replies carried."""
-
-    def __init__(self, database: str, collection: str) -> None:
-        self.database, self.collection = database, collection
-        self.commands: list[dict[str, Any]] = []
-        self.documents = 0
-        self._ours: set[int] = set()
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        name, command = event.command_name, event.command
-        target = command.get("collection") if name == "getMore" else command.get(name)
-        if event.database_name == self.database and target == self.collection:
-            self._ours.add(event.request_id)
-            if name in READS:
-                self.commands.append(dict(command))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        if event.request_id in self._ours:
-            cursor = event.reply.get("cursor") or {}
-            self.documents += len(cursor.get("firstBatch") or cursor.get("nextBatch") or [])
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        self._ours.discard(event.request_id)
 
 
 def whole_collection(command: dict[str, Any]) -> bool:

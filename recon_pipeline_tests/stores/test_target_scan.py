@@ -7,41 +7,27 @@ import dataclasses
 import random
 from typing import Any
 
-from pymongo import monitoring
 from pymongo.database import Database
 
 from recon_pipeline.model.mapping import ReconConfig
 from recon_pipeline.stores.mongo import create_client
 from recon_pipeline.stores.target import scan_target_documents
 from recon_pipeline_tests.conftest import mongo_url_of
+from recon_pipeline_tests.mongo_commands import Reads
 
 ENTITY = "incoming_emails"  # its documents are keyed by `_id`
 
 
-class Finds(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.commands: list[dict[str, Any]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
-            self.commands.append(dict(event.command))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 def scanned(db: Database[Any], entity: Any) -> tuple[list[Any], list[dict[str, Any]]]:
-    finds = Finds()
-    client = create_client(mongo_url_of(db), event_listeners=[finds])
+    """The keys in the order the scan gave them, and the `find` commands it sent."""
+    reads = Reads(db.name, entity.target.collection)
+    client = create_client(mongo_url_of(db), event_listeners=[reads])
     try:
         batches = list(scan_target_documents(client[db.name], entity, batch_size=7))
     finally:
         client.close()
     return [document[entity.target.key] for batch in batches for document in batch], \
-        finds.commands
+        [command for command in reads.commands if "find" in command]
 
 
 def test_a_scan_on_id_walks_the_id_index_and_keeps_the_key_order(

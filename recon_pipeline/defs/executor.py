@@ -149,7 +149,10 @@ def stop_forkserver() -> None:
 
 # Runs whose IN_RUN_WORKER steps this process runs itself (`MultiprocessRun`), by run id.
 _RUNS_IN_THIS_WORKER: set[str] = set()
-_out_of_process = dagster_multiprocess.execute_step_out_of_process
+# Dagster's own, kept on its module so a second import of this one (a reload) finds it
+_out_of_process = getattr(dagster_multiprocess, "recon_out_of_process",
+                          dagster_multiprocess.execute_step_out_of_process)
+dagster_multiprocess.recon_out_of_process = _out_of_process  # type: ignore[attr-defined]
 _later_imports_started = threading.Event()
 
 

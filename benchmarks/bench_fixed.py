@@ -1,6 +1,7 @@
 """The fixed cost of one run (SPEC 10): a run of `reconciliation_job` over an empty window
 (nothing to judge), broken down into where the time goes; and what the multiprocess
-executor adds per step (each step is a process of its own).
+executor adds per step (the coordinating steps run in the run worker, the others in a
+process each).
 
     python -m benchmarks.bench_fixed [--quick]     # about 5 minutes on 2 loaded cores
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.paths import QUIET_INSTANCE, console_script, environment
+from benchmarks.paths import QUIET_INSTANCE, RunEvent, console_script, events_of, run_worker
 from benchmarks.servers import BenchServers, bench_servers
 from benchmarks.verdict import info, verdict
 
@@ -54,7 +55,10 @@ class RunTimes:
     instance: float
     resource_init: float
     steps: dict[str, float]
-    step_starts: dict[str, float]  # worker started (or step planned) -> STEP_START
+    # From a step's launch (its worker starting, or its run-worker engine event) to its
+    # STEP_START, by step name, in the order the steps ran
+    step_starts: dict[str, float]
+    in_run_worker: frozenset[str]  # the steps the run worker ran itself
 
     @property
     def in_steps(self) -> float:
@@ -65,27 +69,28 @@ def _step_name(key: str) -> str:
     return key.split(".", 1)[-1]
 
 
-def times_from_events(records: list[Any], wall: float, cpu: float, definitions: float,
+def times_from_events(events: list[RunEvent], wall: float, cpu: float, definitions: float,
                       instance: float) -> RunTimes:
     """Step durations (STEP_START -> STEP_SUCCESS/FAILURE), resource set-up, and the wait
-    from a step's worker starting (multiprocess) to its STEP_START, from the event log."""
+    from a step's launch (multiprocess) to its STEP_START, from the event log. A step the
+    run worker runs itself opens with an engine event; a step process, with its worker
+    starting."""
     steps: dict[str, float] = {}
     starts: dict[str, float] = {}
-    workers: dict[str, float] = {}
+    launches: dict[str, float] = {}
+    in_run_worker: set[str] = set()
     step_starts: dict[str, float] = {}
     resource_init = 0.0
     init_started: float | None = None
-    for record in records:
-        event = record.dagster_event
-        if event is None:
-            continue
-        kind, key, at = event.event_type_value, record.step_key, record.timestamp
-        if kind == "STEP_WORKER_STARTING" and key:
-            workers[key] = at
+    for kind, key, at in events:
+        if kind in ("STEP_WORKER_STARTING", "ENGINE_EVENT") and key and key not in launches:
+            launches[key] = at
+            if kind == "ENGINE_EVENT":
+                in_run_worker.add(_step_name(key))
         elif kind == "STEP_START" and key:
             starts[key] = at
-            if key in workers:
-                step_starts[_step_name(key)] = at - workers[key]
+            if key in launches:
+                step_starts[_step_name(key)] = at - launches[key]
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and key in starts:
             steps[_step_name(key)] = at - starts[key]
         elif kind == "RESOURCE_INIT_STARTED":
@@ -93,7 +98,8 @@ def times_from_events(records: list[Any], wall: float, cpu: float, definitions: 
         elif kind == "RESOURCE_INIT_SUCCESS" and init_started is not None:
             resource_init += at - init_started
             init_started = None
-    return RunTimes(wall, cpu, definitions, instance, resource_init, steps, step_starts)
+    return RunTimes(wall, cpu, definitions, instance, resource_init, steps, step_starts,
+                    frozenset(in_run_worker))
 
 
 def in_process_run(pg_url: str, mongo_url: str, db_name: str) -> RunTimes:
@@ -127,8 +133,8 @@ def in_process_run(pg_url: str, mongo_url: str, db_name: str) -> RunTimes:
             partition_key=partition_covering(end, datetime.now(UTC)))
         wall, cpu = time.perf_counter() - began, time.process_time() - cpu
         assert result.success
-        records = list(instance.all_logs(result.run_id))
-    return times_from_events(records, wall, cpu, definitions, made)
+        events = events_of(instance, result.run_id)
+    return times_from_events(events, wall, cpu, definitions, made)
 
 
 def resource_setup(pg_url: str, mongo_url: str) -> dict[str, float]:
@@ -226,29 +232,19 @@ def dagster_home(servers: BenchServers) -> Iterator[dict[str, str]]:
 
 def multiprocess_run(env: dict[str, str], execution: dict[str, Any] | None) -> RunTimes:
     """One run as the daemon makes it: `execute_job` of the reconstructable job under the
-    multiprocess executor (`execution`: its config, None for the job's default)."""
-    from dagster import DagsterInstance, execute_job, reconstructable
-
-    import recon_pipeline
-    from recon_pipeline.cli.runner import QUIET_LOGGERS, reconciliation_job_def
+    multiprocess executor (`execution`: its config, None for the job's default), in a run
+    worker process of its own (benchmarks/run_worker.py), on DAGSTER_HOME's instance."""
     from recon_pipeline.defs.partitions import last_complete_hour
 
     start, end = empty_window()
-    run_config: dict[str, Any] = {**recon_pipeline.run_config(
-        window_start=start, window_end=end, dry_run=True), **QUIET_LOGGERS}
-    if execution is not None:
-        run_config["execution"] = {"config": {"multiprocess": execution}}
-    with environment(env):
-        began, cpu = time.perf_counter(), time.process_time()
-        with DagsterInstance.get() as instance:
-            made = time.perf_counter() - began
-            result = execute_job(reconstructable(reconciliation_job_def), instance=instance,
-                                 tags={"dagster/partition": last_complete_hour(end)},
-                                 run_config=run_config)
-            wall, cpu = time.perf_counter() - began, time.process_time() - cpu
-            assert result.success
-            records = list(instance.all_logs(result.run_id))
-    return times_from_events(records, wall, cpu, 0.0, made)
+    spec = {"options": {"window_start": start.isoformat(), "window_end": end.isoformat(),
+                        "dry_run": True},
+            "tags": {"dagster/partition": last_complete_hour(end)},
+            "execution": execution, "instance": "home"}
+    figures = run_worker(spec, {**os.environ, **env})
+    assert figures["success"], f"run {figures['run_id']} failed"
+    return times_from_events(figures["events"], figures["wall"], figures["cpu"], 0.0,
+                             figures["instance"])
 
 
 def _seconds(value: float) -> str:
@@ -276,41 +272,20 @@ def describe_in_process(runs: list[RunTimes]) -> list[str]:
 
 
 def describe_multiprocess(label: str, run: RunTimes) -> str:
-    """The first step's start includes starting the forkserver (its preload) or, under
-    spawn, nothing more than the others; the later ones are what each step adds."""
-    first, *later = run.step_starts.values()
-    return info(
-        f"multiprocess executor, {label}",
-        f"wall {_seconds(run.wall)}, {len(run.steps)} steps; worker start -> STEP_START: "
-        f"first step {_seconds(first)}, later steps {statistics.mean(later):.2f} s each "
-        f"(max {max(later):.2f}); inside the steps {_seconds(run.in_steps)}")
-
-
-# Steps the graph runs side by side: one level of the run.
-SIDE_BY_SIDE = frozenset({"retry_outbox", "plan_chunks_op"})
-# Levels that follow one another and could be one op each (figure only: the op graph is
-# left as it is): start_run + retry_outbox|plan_chunks_op, decide_repairs_op +
-# clean_up_op + write_report when there is nothing to repair.
-MERGEABLE = (("start_run", "retry_outbox|plan_chunks_op"),
-             ("decide_repairs_op", "clean_up_op", "write_report"))
-
-
-def sequential_levels(run: RunTimes) -> int:
-    """Steps one after another: fanned-out steps (`diff_chunk_op[...]`) count once, and
-    so do the steps that run side by side."""
-    names = {name.split("[")[0] for name in run.steps}
-    return len(names) - max(len(names & SIDE_BY_SIDE) - 1, 0)
-
-
-def describe_merging(run: RunTimes) -> str:
-    later = list(run.step_starts.values())[1:]
-    per_step = statistics.mean(later)
-    removed = sum(len(group) - 1 for group in MERGEABLE)
-    levels = sequential_levels(run)
-    return info("multiprocess executor, fewer sequential steps (not done: the graph is kept)",
-                f"{levels} sequential steps; merging {' / '.join('+'.join(g) for g in MERGEABLE)}"
-                f" leaves {levels - removed}, saving about {removed} x {per_step:.2f} s = "
-                f"{removed * per_step:.2f} s per run of {_seconds(run.wall)}")
+    """From launch to STEP_START: the steps the run worker runs itself, and the step
+    processes. The first step process waits for the forkserver's imports (started with
+    the run, under the job's default) or, under spawn, for nothing more than the others."""
+    own = [s for name, s in run.step_starts.items() if name in run.in_run_worker]
+    forked = [s for name, s in run.step_starts.items() if name not in run.in_run_worker]
+    where = [f"{len(own)} in the run worker" + (
+        f", {statistics.mean(own):.2f} s each from launch to STEP_START" if own else "")]
+    if forked:
+        first, *later = forked
+        where.append(f"{len(forked)} in processes: first {_seconds(first)}" + (
+            f", later {statistics.mean(later):.2f} s each" if later else ""))
+    return info(f"multiprocess executor, {label}",
+                f"wall {_seconds(run.wall)}, {len(run.steps)} steps: {'; '.join(where)}; "
+                f"inside the steps {_seconds(run.in_steps)}")
 
 
 def run(servers: BenchServers, quick: bool = False) -> list[str]:
@@ -339,7 +314,6 @@ def run(servers: BenchServers, quick: bool = False) -> list[str]:
             lines.append(describe_multiprocess("start_method spawn (Dagster's default)", spawn))
             lines.append(info("multiprocess executor, job default vs spawn",
                               f"{spawn.wall / default.wall:.2f}x faster"))
-        lines.append(describe_merging(default))
         lines.append(verdict("fixed cost of one run, in process",
                              statistics.median(r.wall for r in runs[1:]), TARGET_SECONDS,
                              at_most=True, unit=" s"))

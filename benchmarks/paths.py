@@ -3,8 +3,9 @@
 - `run_cli`: `recon-pipeline run ...` as a subprocess (the venv's console script), its
   environment pointing at the bench servers: wall time of the whole command, its own peak
   RSS, the report it printed with `--json`;
-- `run_multiprocess`: `execute_job` under the multiprocess executor (a step per process),
-  on a persistent temporary instance, resources from the environment like the daemon's;
+- `run_multiprocess`: `execute_job` under the multiprocess executor in a run worker
+  process of its own (benchmarks/run_worker.py), on a temporary instance, resources from
+  the environment like the daemon's;
 - `run_in_process`: `execute_in_process` in this process (what `recon-pipeline run` does
   inside its own process), for figures that are information only.
 
@@ -21,8 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,21 +132,6 @@ def run_cli(target: RunTarget, args: Sequence[str]) -> CliRun:
     return CliRun(measured["seconds"], measured["peak_rss_mb"], json.loads(done.stdout))
 
 
-@contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """`values` set in os.environ for the block (step processes inherit them)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _partition_key(options: Mapping[str, Any]) -> str:
     from recon_pipeline.defs.partitions import partition_covering
 
@@ -161,6 +146,10 @@ def _report_of(target: RunTarget, events: Sequence[Any]) -> dict[str, Any]:
         if event.is_step_materialization:
             metadata = event.step_materialization_data.materialization.metadata
             report_id = int(metadata["report_id"].value)
+    return _report(target, report_id)
+
+
+def _report(target: RunTarget, report_id: int | None) -> dict[str, Any]:
     if report_id is None:
         raise RuntimeError("the run materialized no report")
     engine = create_engine(target.postgres_url)
@@ -170,49 +159,61 @@ def _report_of(target: RunTarget, events: Sequence[Any]) -> dict[str, Any]:
         engine.dispose()
 
 
-def step_seconds(instance: Any, run_id: str) -> dict[str, float]:
+# One event of a run's log: (event type, step key, timestamp).
+RunEvent = tuple[str, str | None, float]
+
+
+def step_seconds(events: Sequence[RunEvent]) -> dict[str, float]:
     """Each step's duration from the run's event log: STEP_START to STEP_SUCCESS (or
     STEP_FAILURE), by step key."""
-    from dagster import DagsterEventType
-
     started: dict[str, float] = {}
     seconds: dict[str, float] = {}
-    for record in instance.all_logs(run_id, of_type={
-            DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS,
-            DagsterEventType.STEP_FAILURE}):
-        event = record.dagster_event
-        if event.event_type is DagsterEventType.STEP_START:
-            started[event.step_key] = record.timestamp
-        elif event.step_key in started:
-            seconds[event.step_key] = record.timestamp - started[event.step_key]
+    for kind, key, at in events:
+        if key is None:
+            continue
+        if kind == "STEP_START":
+            started[key] = at
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and key in started:
+            seconds[key] = at - started[key]
     return seconds
+
+
+def events_of(instance: Any, run_id: str) -> list[RunEvent]:
+    return [(record.dagster_event.event_type_value, record.step_key, record.timestamp)
+            for record in instance.all_logs(run_id) if record.dagster_event is not None]
+
+
+def run_worker(spec: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """One multiprocess run in a run worker of its own (benchmarks/run_worker.py), its
+    figures; `env` is the process's environment."""
+    from benchmarks.run_worker import RESULT_MARK
+
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run_worker", json.dumps(spec)],
+                          env=dict(env), capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"run worker exited {done.returncode}: "
+                           f"{done.stderr.strip()[-2000:]}")
+    figures: dict[str, Any] = json.loads(lines[-1][len(RESULT_MARK):])
+    figures["events"] = [tuple(event) for event in figures["events"]]
+    return figures
 
 
 def run_multiprocess(target: RunTarget, **options: Any) -> JobRun:
     """`reconciliation_job` under the multiprocess executor (its default config), as the
-    daemon runs it: `recon_pipeline.run_config(**options)`, resources from the
-    environment, a persistent temporary instance."""
-    from dagster import DagsterInstance, execute_job, reconstructable
-
-    import recon_pipeline
-    from recon_pipeline.cli.runner import QUIET_LOGGERS, reconciliation_job_def
-
-    with tempfile.TemporaryDirectory(prefix="recon-bench-dagster-") as home, \
-            environment(child_environment(target)), \
-            DagsterInstance.local_temp(tempdir=home, overrides=QUIET_INSTANCE) as instance:
-        started = time.perf_counter()
-        # Not `with execute_job(...)`: entering the result sets up the job's resources in
-        # this process to load outputs, and with them the run lock, held after the run.
-        result = execute_job(reconstructable(reconciliation_job_def), instance=instance,
-                             tags={"dagster/partition": _partition_key(options)},
-                             run_config={**recon_pipeline.run_config(**options),
-                                         **QUIET_LOGGERS})
-        seconds = time.perf_counter() - started
-        if not result.success:
-            raise RuntimeError(f"multiprocess run {result.run_id} failed")
-        steps = step_seconds(instance, result.run_id)
-        events = result.all_events
-    return JobRun(seconds, _report_of(target, events), steps)
+    daemon runs it: a run worker process of its own (benchmarks/run_worker.py),
+    `recon_pipeline.run_config(**options)`, resources from the environment, a temporary
+    instance. Timed from `execute_job` in that process."""
+    spec = {"options": {k: v.isoformat() if isinstance(v, datetime) else v
+                        for k, v in options.items()},
+            "tags": {"dagster/partition": _partition_key(options)},
+            "execution": None, "instance": "temp"}
+    figures = run_worker(spec, child_environment(target))
+    if not figures["success"]:
+        raise RuntimeError(f"multiprocess run {figures['run_id']} failed")
+    return JobRun(figures["wall"], _report(target, figures["report_id"]),
+                  step_seconds(figures["events"]))
 
 
 def run_in_process(target: RunTarget, **options: Any) -> JobRun:
@@ -241,5 +242,5 @@ def run_in_process(target: RunTarget, **options: Any) -> JobRun:
         seconds = time.perf_counter() - started
         if not result.success:
             raise RuntimeError(f"in-process run {result.run_id} failed")
-        steps = step_seconds(instance, result.run_id)
+        steps = step_seconds(events_of(instance, result.run_id))
     return JobRun(seconds, _report_of(target, result.all_events), steps)

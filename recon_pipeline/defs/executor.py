@@ -1,12 +1,21 @@
 """The executor of `reconciliation_job` when it runs out of process (the daemon, `dagster
-dev`, `execute_job`): Dagster's default `multi_or_in_process_executor`, same config, whose
-multiprocess mode starts each step from a forkserver unless the run config names a
-`start_method`.
+dev`, `execute_job`): Dagster's default `multi_or_in_process_executor`, same config. Its
+multiprocess mode differs from Dagster's in three ways, all for the cost of a run's
+steps (benchmarks/PROFILE.md):
 
-Dagster's own default, `spawn`, starts a fresh interpreter for every step, which imports
-dagster and this code location again: seconds per step, and a run is a chain of seven
-steps or more. A forkserver imports them once per run (`PRELOAD_MODULES`), and each step is a fork
-of it. `execute_in_process` (the CLI, the tests) never gets here.
+- The run's coordinating steps (`IN_RUN_WORKER`: start, outbox retry, planning, the
+  repair decision, cleanup, the report) run in the run worker itself, one at a time. They
+  do milliseconds of work, and a step process costs ~0.15-0.25 s to start, plan and log
+  its way to its first line; the parallel steps (diff chunks, repair batches) still get a
+  process each.
+- Each step process starts from a forkserver unless the run config names a
+  `start_method`. Dagster's own default, `spawn`, starts a fresh interpreter for every
+  step, which imports dagster and this code location again: seconds per step. A
+  forkserver imports them once per run (`preload_modules`), and each step is a fork of it.
+- That forkserver is started as the run starts, so its imports overlap the coordinating
+  steps before the first chunk.
+
+`execute_in_process` (the CLI, the tests) never gets here.
 
 The forkserver is started for each run and stopped when the run ends: a step forked from
 it sees the environment (`DATABASE_URL`, ...) of the moment the forkserver started, so a
@@ -16,22 +25,29 @@ two multiprocess runs at once in one process (threads) would stop each other's."
 
 from __future__ import annotations
 
+import importlib
+import multiprocessing
 import multiprocessing.forkserver
 import os
 import signal
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
+import dagster._core.executor.multiprocess as dagster_multiprocess
 from dagster import (
+    DagsterEvent,
+    DagsterInstance,
     Executor,
     ExecutorDefinition,
     InitExecutorContext,
     multi_or_in_process_executor,
 )
+from dagster._core.events import EngineEventData
+from dagster._core.execution.api import create_execution_plan, execute_plan_iterator
 
 if TYPE_CHECKING:
-    from dagster import DagsterEvent
     from dagster._core.execution.context.system import PlanOrchestrationContext
     from dagster._core.execution.plan.plan import ExecutionPlan
     from dagster._core.execution.retries import RetryMode
@@ -40,17 +56,15 @@ if TYPE_CHECKING:
 # What a step process would otherwise import for itself, found by listing the modules a
 # step adds to the preloaded ones: the code location (dagster, SQLAlchemy, pymongo and the
 # engine come with it) and the module `reconstructable(reconciliation_job_def)` points at;
-# the source's driver (SQLAlchemy imports it on first connect); the instance's PostgreSQL
-# storage; and what Dagster loads lazily in a step (instance, IO manager paths, compute
-# logs, secrets). The forkserver skips a name that does not import (a later Dagster moving
-# a private module costs its import, never a step).
+# the source's driver (SQLAlchemy imports it on first connect); and what Dagster loads
+# lazily in a step (instance, IO manager paths, compute logs, secrets). The instance's
+# storage is added per run (`instance_modules`). The forkserver skips a name that does not
+# import (a later Dagster moving a private module costs its import, never a step).
 PRELOAD_MODULES = (
     "recon_pipeline.definitions",
     "recon_pipeline.cli.runner",
     "recon_pipeline.local.embedded",
     "psycopg",
-    "dagster_postgres",
-    "psycopg2.extras",
     "upath",
     "fsspec",
     "psutil",
@@ -68,16 +82,52 @@ PRELOAD_MODULES = (
     "dagster._core.definitions.repository_definition.repository_data_builder",
     "dagster._utils.test.definitions",
 )
-FORKSERVER = {"forkserver": {"preload_modules": list(PRELOAD_MODULES)}}
+# Modules a storage imports only when it first connects, by the storage's package.
+STORAGE_DRIVERS = {"dagster_postgres": ("psycopg2.extras",)}
+# Dagster's multiprocess executor imports this one first in the forkserver (its own note:
+# so that user code cannot break its pickling); the same list is given when we start it.
+DAGSTER_FIRST = "dagster._core.executor.multiprocess"
+
+IN_RUN_WORKER_TAG = "recon_pipeline/in_run_worker"
+IN_RUN_WORKER = {IN_RUN_WORKER_TAG: "true"}
+# What the run worker's later steps import on first use (the report's checks: pandas,
+# 0.2 s), imported on a thread once the first step process starts: the run worker only
+# waits for that process, and the report step then finds it imported.
+LATER_IMPORTS = ("pandas",)
 
 
-def with_forkserver_default(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The executor config, with the multiprocess mode's start method defaulting to the
-    preloaded forkserver; an explicit `start_method` (spawn, say) is kept."""
+def instance_modules(instance: DagsterInstance) -> tuple[str, ...]:
+    """The modules of the instance's storages that Dagster's own import does not bring
+    (dagster-postgres: 0.27 s per step that would import it), with their drivers."""
+    storages = (instance.run_storage, instance.event_log_storage, instance.schedule_storage)
+    modules = sorted({type(s).__module__ for s in storages if s is not None})
+    modules = [m for m in modules if not m.startswith("dagster.")]
+    packages = dict.fromkeys(m.split(".")[0] for m in modules)
+    return (*modules, *(d for p in packages for d in STORAGE_DRIVERS.get(p, ())))
+
+
+def preload_modules(instance: DagsterInstance | None) -> list[str]:
+    return [*PRELOAD_MODULES, *(instance_modules(instance) if instance is not None else ())]
+
+
+def with_forkserver_default(config: Mapping[str, Any],
+                            preload: Sequence[str] = PRELOAD_MODULES) -> dict[str, Any]:
+    """The executor config, with the multiprocess mode's start method defaulting to a
+    forkserver that preloads `preload`; an explicit `start_method` (spawn, say) is kept."""
     multiprocess = config.get("multiprocess")
     if multiprocess is None or multiprocess.get("start_method"):
         return dict(config)
-    return {"multiprocess": {**multiprocess, "start_method": FORKSERVER}}
+    return {"multiprocess": {**multiprocess, "start_method": {
+        "forkserver": {"preload_modules": list(preload)}}}}
+
+
+def start_forkserver(preload: Sequence[str]) -> None:
+    """Start this process's forkserver now, with the preload Dagster's executor would give
+    it at its first step: it imports while the run's first steps run in the run worker
+    (`ensure_running` does not wait for the imports; the first fork does)."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        [DAGSTER_FIRST, *(m for m in preload if m != DAGSTER_FIRST)])
+    multiprocessing.forkserver.ensure_running()
 
 
 def stop_forkserver() -> None:
@@ -97,20 +147,92 @@ def stop_forkserver() -> None:
     server._stop()
 
 
-class ForkserverPerRun(Executor):
-    """Dagster's multiprocess executor, with a forkserver that lives for one run."""
+# Runs whose IN_RUN_WORKER steps this process runs itself (`MultiprocessRun`), by run id.
+_RUNS_IN_THIS_WORKER: set[str] = set()
+# Dagster's own, kept on its module so a second import of this one (a reload) finds it
+_out_of_process = getattr(dagster_multiprocess, "recon_out_of_process",
+                          dagster_multiprocess.execute_step_out_of_process)
+dagster_multiprocess.recon_out_of_process = _out_of_process  # type: ignore[attr-defined]
+_later_imports_started = threading.Event()
 
-    def __init__(self, multiprocess: Executor, start_method: str):
+
+def _import_later_imports() -> None:
+    """LATER_IMPORTS on a daemon thread, once per process."""
+    if _later_imports_started.is_set():
+        return
+    _later_imports_started.set()
+
+    def imports() -> None:
+        for name in LATER_IMPORTS:
+            with suppress(ImportError):
+                importlib.import_module(name)
+
+    threading.Thread(target=imports, name="recon-later-imports", daemon=True).start()
+
+
+def _launch_step(multiproc_ctx: Any, recon_job: Any, step_context: Any, step: Any,
+                 errors: Any, processes: Any, term_events: Any, retries: RetryMode,
+                 known_state: Any, repository_load_data: Any) -> Iterator[Any]:
+    """Dagster's multiprocess executor starts every step through this (its
+    `execute_step_out_of_process`, replaced in its module once, below): an IN_RUN_WORKER
+    step of a `MultiprocessRun` runs here, every other step in its own process."""
+    if step_context.run_id in _RUNS_IN_THIS_WORKER and \
+            (step.tags or {}).get(IN_RUN_WORKER_TAG) == IN_RUN_WORKER[IN_RUN_WORKER_TAG]:
+        return _in_run_worker(recon_job, step_context, step, retries, known_state,
+                              repository_load_data)
+    if step_context.run_id in _RUNS_IN_THIS_WORKER:
+        _import_later_imports()
+    return _out_of_process(multiproc_ctx, recon_job, step_context, step, errors, processes,
+                           term_events, retries, known_state, repository_load_data)
+
+
+dagster_multiprocess.execute_step_out_of_process = _launch_step
+
+
+def _in_run_worker(recon_job: Any, step_context: Any, step: Any, retries: RetryMode,
+                   known_state: Any, repository_load_data: Any) -> Iterator[DagsterEvent]:
+    """The step, as its process would run it (`MultiprocessExecutorChildProcessCommand`),
+    in this process and with its instance. Its events are gathered before the first is
+    handed on: Dagster's executor interleaves the steps it has started, and two steps of
+    this process must not, as each redirects the process's stdout and stderr to its own
+    log file while it runs."""
+    yield DagsterEvent.engine_event(
+        step_context, f'Executing step "{step.key}" in the run worker (pid {os.getpid()}).',
+        EngineEventData())
+    plan = create_execution_plan(job=recon_job, run_config=step_context.run_config,
+                                 step_keys_to_execute=[step.key], known_state=known_state,
+                                 repository_load_data=repository_load_data)
+    yield from list(execute_plan_iterator(
+        plan, recon_job, step_context.dagster_run, run_config=step_context.run_config,
+        retry_mode=retries.for_inner_plan(), instance=step_context.instance))
+
+
+class MultiprocessRun(Executor):
+    """Dagster's multiprocess executor for one run, its IN_RUN_WORKER steps run in the run
+    worker; with the forkserver start method, a forkserver of the run's own, started as
+    the run starts."""
+
+    def __init__(self, multiprocess: Executor, start_method: str | None,
+                 preload: Sequence[str] = ()):
         self._multiprocess = multiprocess
         self.start_method = start_method
+        self.preload = tuple(preload)
 
     def execute(self, plan_context: PlanOrchestrationContext,
                 execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
-        stop_forkserver()  # one left by an earlier run holds that run's environment
+        forkserver = self.start_method == "forkserver"
+        run_id = plan_context.run_id
+        _RUNS_IN_THIS_WORKER.add(run_id)
         try:
+            if forkserver:
+                stop_forkserver()  # one left by an earlier run holds that run's environment
+                if self.preload:  # else Dagster's executor picks the preload at its first step
+                    start_forkserver(self.preload)
             yield from self._multiprocess.execute(plan_context, execution_plan)
         finally:
-            stop_forkserver()
+            _RUNS_IN_THIS_WORKER.discard(run_id)
+            if forkserver:
+                stop_forkserver()
 
     @property
     def retries(self) -> RetryMode:
@@ -122,12 +244,17 @@ class ForkserverPerRun(Executor):
 
 
 def _create(context: InitExecutorContext) -> Executor:
-    config = with_forkserver_default(context.executor_config)
+    config = with_forkserver_default(context.executor_config,
+                                     preload_modules(context.instance))
     executor = multi_or_in_process_executor.executor_creation_fn(  # type: ignore[misc]
         InitExecutorContext(job=context.job, executor_def=context.executor_def,
                             executor_config=config, instance=context.instance))
-    start_method = next(iter(config.get("multiprocess", {}).get("start_method", {})), None)
-    return ForkserverPerRun(executor, start_method) if start_method == "forkserver" else executor
+    if "multiprocess" not in config:
+        return executor
+    start_method = config["multiprocess"].get("start_method") or {}
+    method = next(iter(start_method), None)
+    preload = (start_method.get("forkserver") or {}).get("preload_modules") or ()
+    return MultiprocessRun(executor, method, preload)
 
 
 reconciliation_executor = ExecutorDefinition(
@@ -135,8 +262,9 @@ reconciliation_executor = ExecutorDefinition(
     config_schema=multi_or_in_process_executor.config_schema.as_field(),
     requirements=multi_or_in_process_executor.get_requirements,
     executor_creation_fn=_create,
-    description="Dagster's default executor; its multiprocess mode starts steps from a "
-                "forkserver that has imported the code location once per run.",
+    description="Dagster's default executor; its multiprocess mode runs the coordinating "
+                "steps in the run worker and forks the others from a forkserver that has "
+                "imported the code location once per run.",
 )
 
 
@@ -144,7 +272,8 @@ def selected_executor() -> ExecutorDefinition:
     """`RECON_EXECUTOR` where the code location loads — the daemon's run processes and
     every celery worker alike (README "Running on Celery"): `celery` sends each step to
     the dagster-celery workers (the optional extra `celery`); unset or `multiprocess`,
-    `reconciliation_executor` (Dagster's default, its steps forked from a forkserver)."""
+    `reconciliation_executor` (Dagster's default, its parallel steps forked from a
+    forkserver)."""
     name = os.environ.get("RECON_EXECUTOR", "").strip().lower()
     if name == "celery":
         from dagster_celery import celery_executor

@@ -33,6 +33,7 @@ from recon_pipeline.defs.checks import (
     check_results,
 )
 from recon_pipeline.defs.config import ReconciliationConfig, run_window
+from recon_pipeline.defs.executor import IN_RUN_WORKER
 from recon_pipeline.defs.metadata import SAMPLE_ROWS, report_metadata
 from recon_pipeline.defs.resources import MappingResource, MongoResource, PostgresResource, RunLock
 from recon_pipeline.engine.extract import ChunkPlan, ChunkResult, key_range_chunks, plan_chunks
@@ -61,6 +62,9 @@ from recon_pipeline.stores.schema import missing_index_warning
 from recon_pipeline.stores.source import updated_at_index_missing
 
 POOL = "reconciliation"
+# The ops that coordinate a run (all but the chunks and the repair batches) are tagged
+# IN_RUN_WORKER: under the multiprocess executor they run in the run worker, one at a
+# time, instead of a process each (defs/executor.py).
 
 @dataclass(frozen=True, slots=True)
 class RunTicket:
@@ -93,7 +97,7 @@ def partition_label(context: OpExecutionContext) -> str | None:
     return context.partition_key if context.has_partition_key else None
 
 
-@op(pool=POOL)
+@op(pool=POOL, tags=IN_RUN_WORKER)
 def start_run(context: OpExecutionContext, config: ReconciliationConfig,
               postgres: PostgresResource, mongo: MongoResource, mapping: MappingResource,
               run_lock: RunLock) -> RunTicket:
@@ -118,13 +122,13 @@ def start_run(context: OpExecutionContext, config: ReconciliationConfig,
     return RunTicket(context.run_id, report_id, window, config.dry_run, entities, available)
 
 
-# Out of process, the outbox retry and planning run side by side; in process (the CLI,
-# one step at a time) the outbox goes first, so a run that fails while planning has
-# delivered the outbox all the same.
+# Where the two run one after the other (in process, and in the run worker under the
+# multiprocess executor) the outbox retry goes first, so a run that fails while planning
+# has delivered the outbox all the same; celery workers run them side by side.
 FIRST = {"dagster/priority": "1"}
 
 
-@op(pool=POOL, tags=FIRST)
+@op(pool=POOL, tags={**FIRST, **IN_RUN_WORKER})
 def retry_outbox(context: OpExecutionContext, ticket: RunTicket, postgres: PostgresResource,
                  mongo: MongoResource, mapping: MappingResource) -> dict:
     """Runs even when MongoDB is down: delivery stops at the first connection failure. The
@@ -173,7 +177,7 @@ def wants_key_ranges(context: OpExecutionContext, mongo: MongoResource) -> bool:
         server_serves_ranges=parallel and serves_key_ranges(mongo.unchecked_database))
 
 
-@op(pool=POOL, out=DynamicOut(ChunkTask))
+@op(pool=POOL, out=DynamicOut(ChunkTask), tags=IN_RUN_WORKER)
 def plan_chunks_op(context: OpExecutionContext, ticket: RunTicket, postgres: PostgresResource,
                    mongo: MongoResource,
                    mapping: MappingResource) -> Iterator[DynamicOutput[ChunkTask]]:
@@ -230,7 +234,8 @@ def diff_chunk_op(context: OpExecutionContext, task: ChunkTask, postgres: Postgr
         "seconds": round(seconds, 3)})
 
 
-@op(pool=POOL, out={"batches": DynamicOut(RepairTask), "decision": Out(str | None)})  # type: ignore[arg-type]
+@op(pool=POOL, tags=IN_RUN_WORKER,
+    out={"batches": DynamicOut(RepairTask), "decision": Out(str | None)})  # type: ignore[arg-type]
 def decide_repairs_op(context: OpExecutionContext, ticket: RunTicket,
                       chunk_results: list, postgres: PostgresResource,
                       mapping: MappingResource) -> Iterator[Any]:
@@ -263,7 +268,7 @@ def repair_batch_op(context: OpExecutionContext, task: RepairTask, postgres: Pos
     return looked_at
 
 
-@op(pool=POOL)
+@op(pool=POOL, tags=IN_RUN_WORKER)
 def clean_up_op(context: OpExecutionContext, ticket: RunTicket, repaired: list,
                 postgres: PostgresResource, mapping: MappingResource) -> dict:
     """After repairs (`repaired` only orders it)."""
@@ -274,7 +279,7 @@ def clean_up_op(context: OpExecutionContext, ticket: RunTicket, repaired: list,
     return counts
 
 
-@op(pool=POOL, out={"result": Out(Nothing),
+@op(pool=POOL, tags=IN_RUN_WORKER, out={"result": Out(Nothing),
                     **{name: Out(is_required=False) for name in CHECK_NAMES}})
 def write_report(context: OpExecutionContext, ticket: RunTicket, outbox_counts: dict,
                  chunk_results: list, decision: str | None, cleanup_counts: dict,

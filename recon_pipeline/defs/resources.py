@@ -19,8 +19,9 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from recon_pipeline.local.environment import (
+    mapping_path,
+    mongodb_database,
     normalize_postgres_url,
-    packaged_mapping_path,
     resolve_environment,
 )
 from recon_pipeline.model.mapping import ReconConfig
@@ -91,10 +92,11 @@ class PostgresResource(ConfigurableResource):  # type: ignore[misc]
 
 
 class MongoResource(ConfigurableResource):  # type: ignore[misc]
-    """The read model. No URL: the embedded server (started when needed)."""
+    """The read model. No URL: the embedded server (started when needed). No database:
+    MONGODB_DATABASE where the step runs, else `recon`."""
 
     mongodb_url: str | None = None
-    database: str = "recon"
+    database: str | None = None
     _client: MongoClient[dict[str, Any]] | None = PrivateAttr(default=None)
 
     def url(self) -> str:
@@ -107,7 +109,7 @@ class MongoResource(ConfigurableResource):  # type: ignore[misc]
         when MongoDB is down, so reaching it is the caller's test."""
         if self._client is None:
             self._client = create_client(self.url())
-        return self._client[self.database]
+        return self._client[self.database or mongodb_database()]
 
     @contextmanager
     def yield_for_execution(self, context: InitResourceContext) -> Iterator[MongoResource]:
@@ -120,16 +122,16 @@ class MongoResource(ConfigurableResource):  # type: ignore[misc]
 
 
 class MappingResource(ConfigurableResource):  # type: ignore[misc]
-    """The mapping file (SPEC 5). No path: the packaged demo mapping. Read and checked
-    against the schema once per step (Dagster hands every step a fresh copy)."""
+    """The mapping file (SPEC 5). No path: RECON_CONFIG where the step runs, else the
+    packaged demo mapping. Read and checked against the schema once per step (Dagster
+    hands every step a fresh copy)."""
 
     path: str | None = None
     _loaded: ReconConfig | None = PrivateAttr(default=None)
 
     def load(self, engine: sa.Engine) -> ReconConfig:
         if self._loaded is None:
-            self._loaded = load_mapping(
-                Path(self.path) if self.path else packaged_mapping_path(), engine)
+            self._loaded = load_mapping(Path(self.path) if self.path else mapping_path(), engine)
         return self._loaded
 
 
@@ -194,10 +196,15 @@ def _env(name: str) -> Any:
 
 
 def default_resources() -> dict[str, Any]:
+    """The code location's resources, each variable read in the step, from the environment
+    the step sees (`EnvVar` when the variable is set as the code location loads, the
+    resource's own lookup otherwise): a step the run worker runs itself (defs/executor.py),
+    in a process whose environment changed after it loaded the code location (a test
+    session, a notebook), reads what a step process would."""
     return reconciliation_resources(
         postgres=PostgresResource(database_url=_env("DATABASE_URL")),
         mongo=MongoResource(mongodb_url=_env("MONGODB_URL"),
-                            database=os.environ.get("MONGODB_DATABASE") or "recon"),
+                            database=_env("MONGODB_DATABASE")),
         mapping=MappingResource(path=_env("RECON_CONFIG")))
 
 

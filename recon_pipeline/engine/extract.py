@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from pymongo.database import Database
 
+from recon_pipeline.engine.collector import fewer_collections
 from recon_pipeline.engine.diff import (
     Mismatch,
     MismatchKind,
@@ -213,9 +214,10 @@ def diff_chunk(engine: sa.Engine, db: Database[dict[str, Any]], config: ReconCon
     mismatches = (_scan_mismatches(engine, db, entity, window, chunk, tally, read)
                   if chunk.access is AccessPath.SCAN
                   else _lookup_mismatches(engine, db, entity, window, chunk, tally, read))
-    for mismatch in mismatches:
-        sink.add(mismatch)
-    sink.flush()
+    with fewer_collections():
+        for mismatch in mismatches:
+            sink.add(mismatch)
+        sink.flush()
     if meter is not None:
         meter.finish(tally.checked, sum(sink.counts.values()))
     return ChunkResult(

@@ -44,6 +44,17 @@ def _set(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def mapping_path(env: Mapping[str, str] | None = None) -> Path:
+    """RECON_CONFIG, else the packaged mapping."""
+    return Path(_set(os.environ if env is None else env, "RECON_CONFIG")
+                or packaged_mapping_path())
+
+
+def mongodb_database(env: Mapping[str, str] | None = None) -> str:
+    """MONGODB_DATABASE, else `recon`."""
+    return _set(os.environ if env is None else env, "MONGODB_DATABASE") or "recon"
+
+
 def resolve_environment(env: Mapping[str, str] | None = None) -> Environment:
     """Read SPEC 3's variables; start the embedded servers for whatever URL is missing."""
     env = os.environ if env is None else env
@@ -60,8 +71,8 @@ def resolve_environment(env: Mapping[str, str] | None = None) -> Environment:
     return Environment(
         database_url=normalize_postgres_url(database_url),
         mongodb_url=mongodb_url,
-        mongodb_database=_set(env, "MONGODB_DATABASE") or "recon",
-        config_path=Path(_set(env, "RECON_CONFIG") or packaged_mapping_path()),
+        mongodb_database=mongodb_database(env),
+        config_path=mapping_path(env),
         dagster_postgres_url=dagster_url,
         partitions_start=_set(env, "RECON_PARTITIONS_START") or DEFAULT_PARTITIONS_START,
         timezone=_set(env, "RECON_TIMEZONE") or "UTC",

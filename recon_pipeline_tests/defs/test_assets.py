@@ -1,6 +1,7 @@
 """`reconciliation_report` executed in process on an ephemeral instance: the report row,
 the materialization metadata and the six checks match the seeded drift exactly."""
 
+import os
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -195,9 +196,16 @@ def test_multiprocess_run_with_several_chunks_reports_the_same_counts(
         starts = [e for e in instance.all_logs(result.run_id)
                   if e.dagster_event and e.dagster_event.event_type == DagsterEventType.STEP_START]
     row = latest_report(pg_engine)
-    chunk_steps = [e for e in starts if e.step_key and "diff_chunk_op[" in e.step_key]
+    pids = {e.step_key: e.dagster_event.pid for e in starts if e.step_key and e.dagster_event}
+    chunk_steps = [key for key in pids if "diff_chunk_op[" in key]
     assert len(chunk_steps) > 3  # several chunks per entity
-    assert len({e.dagster_event.pid for e in starts if e.dagster_event}) == len(starts)
+    # The chunks in a process each; the coordinating steps in the run worker (this
+    # process, which called execute_job).
+    assert len({pids[key] for key in chunk_steps}) == len(chunk_steps)
+    assert os.getpid() not in {pids[key] for key in chunk_steps}
+    assert {key.rsplit(".", 1)[-1] for key, pid in pids.items() if pid == os.getpid()} == {
+        "start_run", "retry_outbox", "plan_chunks_op", "decide_repairs_op", "clean_up_op",
+        "write_report"}
     assert {n: row[n] for n in seeded.counts} == {n: in_process_row[n] for n in seeded.counts}
     assert {n: row[n] for n in seeded.counts} == seeded.counts
     assert row["status"] == in_process_row["status"] == "needs_attention"

@@ -1,10 +1,14 @@
-"""The executor out of process: Dagster's default, with steps forked from a forkserver that
-preloaded the code location, started afresh for every run."""
+"""The executor out of process: Dagster's default, its coordinating steps run in the run
+worker, the others forked from a forkserver that preloaded the code location, started
+afresh for every run as the run starts."""
 
 import importlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,15 +17,30 @@ import pytest
 from dagster import DagsterInstance, Executor, InitExecutorContext, reconstructable
 from dagster._core.execution.retries import RetryMode
 from dagster._core.system_config.objects import ResolvedRunConfig
+from pymongo.database import Database
 
 import recon_pipeline
 from recon_pipeline.cli.runner import reconciliation_job_def
 from recon_pipeline.definitions import defs
 from recon_pipeline.defs.executor import (
+    DAGSTER_FIRST,
     PRELOAD_MODULES,
-    ForkserverPerRun,
+    MultiprocessRun,
+    instance_modules,
+    preload_modules,
     reconciliation_executor,
     with_forkserver_default,
+)
+from recon_pipeline.defs.partitions import last_complete_hour
+from recon_pipeline.model.mapping import ReconConfig
+from recon_pipeline_tests.conftest import mongo_url_of
+from recon_pipeline_tests.dagster_support import (
+    SEED_NOW,
+    WINDOW_END,
+    WINDOW_START,
+    child_env,
+    seed,
+    write_dagster_home,
 )
 
 
@@ -47,21 +66,43 @@ def test_the_job_runs_under_the_reconciliation_executor() -> None:
 
 def test_by_default_steps_fork_from_the_preloaded_forkserver() -> None:
     executor = executor_for(None)
-    assert isinstance(executor, ForkserverPerRun)
+    assert isinstance(executor, MultiprocessRun)
     assert executor.start_method == "forkserver"
+    assert executor.preload == tuple(PRELOAD_MODULES)  # an ephemeral instance adds none
 
 
 def test_the_multiprocess_config_users_give_keeps_the_forkserver_default() -> None:
     executor = executor_for({"multiprocess": {"max_concurrent": 4}})
-    assert isinstance(executor, ForkserverPerRun)
+    assert isinstance(executor, MultiprocessRun)
+    assert executor.start_method == "forkserver"
 
 
-@pytest.mark.parametrize(("execution", "kind"), [
-    ({"multiprocess": {"start_method": {"spawn": {}}}}, "MultiprocessExecutor"),
-    ({"in_process": {}}, "InProcessExecutor"),
-])
-def test_an_explicit_choice_is_kept(execution: dict[str, Any], kind: str) -> None:
-    assert type(executor_for(execution)).__name__ == kind
+def test_an_explicit_start_method_is_kept() -> None:
+    executor = executor_for({"multiprocess": {"start_method": {"spawn": {}}}})
+    assert isinstance(executor, MultiprocessRun)  # its coordinating steps in the run worker
+    assert executor.start_method == "spawn"
+    assert executor.preload == ()
+
+
+def test_in_process_is_dagsters_own() -> None:
+    assert type(executor_for({"in_process": {}})).__name__ == "InProcessExecutor"
+
+
+def test_a_postgresql_instance_adds_its_storage_to_the_preload(
+        dagster_postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step process would import dagster-postgres for itself (0.27 s); a SQLite or
+    in-memory instance needs nothing more than Dagster."""
+    with DagsterInstance.ephemeral() as instance:
+        assert instance_modules(instance) == ()
+        assert preload_modules(instance) == list(PRELOAD_MODULES)
+    (tmp_path / "dagster.yaml").write_text(
+        (Path(__file__).resolve().parents[2] / "dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", dagster_postgres_url)
+    with DagsterInstance.get() as instance:
+        assert instance_modules(instance) == (
+            "dagster_postgres.event_log.event_log", "dagster_postgres.run_storage.run_storage",
+            "dagster_postgres.schedule_storage.schedule_storage", "psycopg2.extras")
 
 
 def test_the_default_names_the_modules_to_preload() -> None:
@@ -71,7 +112,7 @@ def test_the_default_names_the_modules_to_preload() -> None:
     assert with_forkserver_default({"in_process": {}}) == {"in_process": {}}
 
 
-@pytest.mark.parametrize("name", PRELOAD_MODULES)
+@pytest.mark.parametrize("name", [*PRELOAD_MODULES, "psycopg2.extras"])
 def test_every_preloaded_module_imports(name: str) -> None:
     """The forkserver skips a name that fails to import: a moved module would cost every
     step its import again, silently. This says so on the Dagster upgrade that moves it."""
@@ -84,13 +125,23 @@ def send_probe(connection: Any) -> None:
     connection.close()
 
 
+class RunContext:
+    """What `MultiprocessRun` reads of the run's plan context."""
+
+    run_id = "a-run"
+
+
 class ForksOneStep(Executor):
     """Stands in for Dagster's multiprocess executor: one step forked from the forkserver."""
 
     def __init__(self) -> None:
         self.seen: list[str | None] = []
+        self.forkserver_running: list[bool] = []
 
     def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[Any]:
+        server = multiprocessing.forkserver._forkserver
+        self.forkserver_running.append(
+            server._forkserver_pid is not None)  # type: ignore[attr-defined]
         context = multiprocessing.get_context("forkserver")
         receiver, sender = context.Pipe(duplex=False)
         step = context.Process(target=send_probe, args=(sender,))
@@ -110,7 +161,8 @@ def test_each_run_gets_a_forkserver_of_its_own(monkeypatch: pytest.MonkeyPatch) 
     inner = ForksOneStep()
     for value in ("first run", "second run"):
         monkeypatch.setenv("RECON_EXECUTOR_PROBE", value)
-        list(ForkserverPerRun(inner, "forkserver").execute(None, None))  # type: ignore[arg-type]
+        list(MultiprocessRun(inner, "forkserver").execute(
+            RunContext(), None))  # type: ignore[arg-type]
         server = multiprocessing.forkserver._forkserver
         assert server._forkserver_pid is None  # type: ignore[attr-defined]
     assert inner.seen == ["first run", "second run"]
@@ -129,9 +181,74 @@ def test_a_run_stops_its_forkserver_without_tearing_down_its_interpreter(
     context.set_forkserver_preload(["recon_pipeline_tests.defs.forkserver_teardown_probe"])
     try:
         inner = ForksOneStep()
-        list(ForkserverPerRun(inner, "forkserver").execute(None, None))  # type: ignore[arg-type]
+        list(MultiprocessRun(inner, "forkserver").execute(
+            RunContext(), None))  # type: ignore[arg-type]
     finally:
         context.set_forkserver_preload(preloaded)
     assert inner.seen == [None]  # one step ran, forked from that forkserver
     assert server._forkserver_pid is None  # type: ignore[attr-defined]
     assert not probe.exists()
+
+
+def test_the_forkserver_starts_with_the_run_and_its_preload(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Started before the first step, so its imports overlap the run worker's own steps;
+    given Dagster's first module and then the executor's preload."""
+    probe = tmp_path / "teardown"
+    monkeypatch.setenv("RECON_TEARDOWN_PROBE", str(probe))
+    server = multiprocessing.forkserver._forkserver
+    preloaded = server._preload_modules  # type: ignore[attr-defined]
+    try:
+        inner = ForksOneStep()
+        list(MultiprocessRun(inner, "forkserver", (
+            "recon_pipeline_tests.defs.forkserver_teardown_probe",)).execute(
+            RunContext(), None))  # type: ignore[arg-type]
+        assert server._preload_modules == [  # type: ignore[attr-defined]
+            DAGSTER_FIRST, "recon_pipeline_tests.defs.forkserver_teardown_probe"]
+    finally:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(preloaded)
+    assert inner.forkserver_running == [True]
+    assert inner.seen == [None]
+    assert not probe.exists()  # stopped at the end of the run, not torn down
+
+
+RUN_WORKER = textwrap.dedent("""
+    import os, sys
+    from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
+    import recon_pipeline
+    from recon_pipeline.cli.runner import reconciliation_job_def
+    partition, start, end = sys.argv[1:]
+    with DagsterInstance.get() as instance:
+        result = execute_job(
+            reconstructable(reconciliation_job_def), instance=instance,
+            tags={"dagster/partition": partition},
+            run_config=recon_pipeline.run_config(window_start=start, window_end=end))
+        starts = [r.dagster_event for r in instance.all_logs(
+            result.run_id, of_type=DagsterEventType.STEP_START)]
+    print("success" if result.success else "failure", flush=True)
+    here = sorted(e.step_key.rsplit(".", 1)[-1] for e in starts if e.pid == os.getpid())
+    print("run worker:", " ".join(here), flush=True)
+    print("stderr is the run worker's", file=sys.stderr, flush=True)
+""")
+
+
+def test_a_run_worker_runs_the_coordinating_steps_and_keeps_its_output(
+        pg_url: str, pg_engine: Any, mongo_db: Database[Any], config: ReconConfig,
+        dagster_postgres_url: str, tmp_path: Path) -> None:
+    """A run worker as the daemon starts one: its own process, the job's default executor.
+    Each coordinating step it runs itself sends the process's stdout and stderr to the
+    step's log file while it runs; the steps go one at a time, so both streams are the run
+    worker's again after the run (interleaved, they were left in a step's file)."""
+    seed(pg_engine, mongo_db, config, clients=3)
+    env = child_env(DATABASE_URL=pg_url, MONGODB_URL=mongo_url_of(mongo_db),
+                    MONGODB_DATABASE=mongo_db.name,
+                    **write_dagster_home(tmp_path / "home", dagster_postgres_url))
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_WORKER, last_complete_hour(SEED_NOW),
+         WINDOW_START.isoformat(), WINDOW_END.isoformat()],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-2:] == [
+        "success", "run worker: clean_up_op decide_repairs_op plan_chunks_op retry_outbox "
+                   "start_run write_report"]
+    assert done.stderr.splitlines()[-1] == "stderr is the run worker's"

@@ -25,17 +25,14 @@ two multiprocess runs at once in one process (threads) would stop each other's."
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
 import signal
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
-import dagster._core.executor.multiprocess as dagster_multiprocess
 from dagster import (
     DagsterEvent,
     DagsterInstance,
@@ -44,8 +41,8 @@ from dagster import (
     InitExecutorContext,
     multi_or_in_process_executor,
 )
-from dagster._core.events import EngineEventData
-from dagster._core.execution.api import create_execution_plan, execute_plan_iterator
+
+from recon_pipeline.defs.in_run_worker import coordinating_steps_in_run_worker
 
 if TYPE_CHECKING:
     from dagster._core.execution.context.system import PlanOrchestrationContext
@@ -88,12 +85,6 @@ STORAGE_DRIVERS = {"dagster_postgres": ("psycopg2.extras",)}
 # so that user code cannot break its pickling); the same list is given when we start it.
 DAGSTER_FIRST = "dagster._core.executor.multiprocess"
 
-IN_RUN_WORKER_TAG = "recon_pipeline/in_run_worker"
-IN_RUN_WORKER = {IN_RUN_WORKER_TAG: "true"}
-# What the run worker's later steps import on first use (the report's checks: pandas,
-# 0.2 s), imported on a thread once the first step process starts: the run worker only
-# waits for that process, and the report step then finds it imported.
-LATER_IMPORTS = ("pandas",)
 
 
 def instance_modules(instance: DagsterInstance) -> tuple[str, ...]:
@@ -147,70 +138,10 @@ def stop_forkserver() -> None:
     server._stop()
 
 
-# Runs whose IN_RUN_WORKER steps this process runs itself (`MultiprocessRun`), by run id.
-_RUNS_IN_THIS_WORKER: set[str] = set()
-# Dagster's own, kept on its module so a second import of this one (a reload) finds it
-_out_of_process = getattr(dagster_multiprocess, "recon_out_of_process",
-                          dagster_multiprocess.execute_step_out_of_process)
-dagster_multiprocess.recon_out_of_process = _out_of_process  # type: ignore[attr-defined]
-_later_imports_started = threading.Event()
-
-
-def _import_later_imports() -> None:
-    """LATER_IMPORTS on a daemon thread, once per process."""
-    if _later_imports_started.is_set():
-        return
-    _later_imports_started.set()
-
-    def imports() -> None:
-        for name in LATER_IMPORTS:
-            with suppress(ImportError):
-                importlib.import_module(name)
-
-    threading.Thread(target=imports, name="recon-later-imports", daemon=True).start()
-
-
-def _launch_step(multiproc_ctx: Any, recon_job: Any, step_context: Any, step: Any,
-                 errors: Any, processes: Any, term_events: Any, retries: RetryMode,
-                 known_state: Any, repository_load_data: Any) -> Iterator[Any]:
-    """Dagster's multiprocess executor starts every step through this (its
-    `execute_step_out_of_process`, replaced in its module once, below): an IN_RUN_WORKER
-    step of a `MultiprocessRun` runs here, every other step in its own process."""
-    if step_context.run_id in _RUNS_IN_THIS_WORKER and \
-            (step.tags or {}).get(IN_RUN_WORKER_TAG) == IN_RUN_WORKER[IN_RUN_WORKER_TAG]:
-        return _in_run_worker(recon_job, step_context, step, retries, known_state,
-                              repository_load_data)
-    if step_context.run_id in _RUNS_IN_THIS_WORKER:
-        _import_later_imports()
-    return _out_of_process(multiproc_ctx, recon_job, step_context, step, errors, processes,
-                           term_events, retries, known_state, repository_load_data)
-
-
-dagster_multiprocess.execute_step_out_of_process = _launch_step
-
-
-def _in_run_worker(recon_job: Any, step_context: Any, step: Any, retries: RetryMode,
-                   known_state: Any, repository_load_data: Any) -> Iterator[DagsterEvent]:
-    """The step, as its process would run it (`MultiprocessExecutorChildProcessCommand`),
-    in this process and with its instance. Its events are gathered before the first is
-    handed on: Dagster's executor interleaves the steps it has started, and two steps of
-    this process must not, as each redirects the process's stdout and stderr to its own
-    log file while it runs."""
-    yield DagsterEvent.engine_event(
-        step_context, f'Executing step "{step.key}" in the run worker (pid {os.getpid()}).',
-        EngineEventData())
-    plan = create_execution_plan(job=recon_job, run_config=step_context.run_config,
-                                 step_keys_to_execute=[step.key], known_state=known_state,
-                                 repository_load_data=repository_load_data)
-    yield from list(execute_plan_iterator(
-        plan, recon_job, step_context.dagster_run, run_config=step_context.run_config,
-        retry_mode=retries.for_inner_plan(), instance=step_context.instance))
-
-
 class MultiprocessRun(Executor):
-    """Dagster's multiprocess executor for one run, its IN_RUN_WORKER steps run in the run
-    worker; with the forkserver start method, a forkserver of the run's own, started as
-    the run starts."""
+    """Dagster's multiprocess executor for one run, its coordinating steps run in the run
+    worker (defs/in_run_worker.py); with the forkserver start method, a forkserver of the
+    run's own, started as the run starts."""
 
     def __init__(self, multiprocess: Executor, start_method: str | None,
                  preload: Sequence[str] = ()):
@@ -221,16 +152,14 @@ class MultiprocessRun(Executor):
     def execute(self, plan_context: PlanOrchestrationContext,
                 execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
         forkserver = self.start_method == "forkserver"
-        run_id = plan_context.run_id
-        _RUNS_IN_THIS_WORKER.add(run_id)
         try:
             if forkserver:
                 stop_forkserver()  # one left by an earlier run holds that run's environment
                 if self.preload:  # else Dagster's executor picks the preload at its first step
                     start_forkserver(self.preload)
-            yield from self._multiprocess.execute(plan_context, execution_plan)
+            with coordinating_steps_in_run_worker(plan_context.run_id):
+                yield from self._multiprocess.execute(plan_context, execution_plan)
         finally:
-            _RUNS_IN_THIS_WORKER.discard(run_id)
             if forkserver:
                 stop_forkserver()
 

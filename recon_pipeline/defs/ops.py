@@ -33,7 +33,7 @@ from recon_pipeline.defs.checks import (
     check_results,
 )
 from recon_pipeline.defs.config import ReconciliationConfig, run_window
-from recon_pipeline.defs.executor import IN_RUN_WORKER
+from recon_pipeline.defs.in_run_worker import IN_RUN_WORKER
 from recon_pipeline.defs.metadata import SAMPLE_ROWS, report_metadata
 from recon_pipeline.defs.resources import MappingResource, MongoResource, PostgresResource, RunLock
 from recon_pipeline.engine.extract import ChunkPlan, ChunkResult, key_range_chunks, plan_chunks
@@ -64,7 +64,7 @@ from recon_pipeline.stores.source import updated_at_index_missing
 POOL = "reconciliation"
 # The ops that coordinate a run (all but the chunks and the repair batches) are tagged
 # IN_RUN_WORKER: under the multiprocess executor they run in the run worker, one at a
-# time, instead of a process each (defs/executor.py).
+# time, instead of a process each (defs/in_run_worker.py).
 
 @dataclass(frozen=True, slots=True)
 class RunTicket:

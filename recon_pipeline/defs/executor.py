@@ -3,11 +3,11 @@ dev`, `execute_job`): Dagster's default `multi_or_in_process_executor`, same con
 multiprocess mode differs from Dagster's in three ways, all for the cost of a run's
 steps (benchmarks/PROFILE.md):
 
-- The run's coordinating steps (`IN_RUN_WORKER`: start, outbox retry, planning, the
-  repair decision, cleanup, the report) run in the run worker itself, one at a time. They
-  do milliseconds of work, and a step process costs ~0.15-0.25 s to start, plan and log
-  its way to its first line; the parallel steps (diff chunks, repair batches) still get a
-  process each.
+- The run's coordinating steps (`IN_RUN_WORKER`, defs/in_run_worker.py: start, outbox
+  retry, planning, the repair decision, cleanup, the report) run in the run worker itself,
+  one at a time. They do milliseconds of work, and a step process costs ~0.15-0.25 s to
+  start, plan and log its way to its first line; the parallel steps (diff chunks, repair
+  batches) still get a process each.
 - Each step process starts from a forkserver unless the run config names a
   `start_method`. Dagster's own default, `spawn`, starts a fresh interpreter for every
   step, which imports dagster and this code location again: seconds per step. A

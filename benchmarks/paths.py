@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,13 +140,18 @@ def _partition_key(options: Mapping[str, Any]) -> str:
     return partition_covering(end if isinstance(end, datetime) else now, now)
 
 
-def _report_of(target: RunTarget, events: Sequence[Any]) -> dict[str, Any]:
+def report_id_of(events: Iterable[Any]) -> int | None:
+    """The report id the run's materialization (a DagsterEvent among `events`) names."""
     report_id = None
     for event in events:
         if event.is_step_materialization:
             metadata = event.step_materialization_data.materialization.metadata
             report_id = int(metadata["report_id"].value)
-    return _report(target, report_id)
+    return report_id
+
+
+def _report_of(target: RunTarget, events: Sequence[Any]) -> dict[str, Any]:
+    return _report(target, report_id_of(events))
 
 
 def _report(target: RunTarget, report_id: int | None) -> dict[str, Any]:
@@ -178,9 +183,14 @@ def step_seconds(events: Sequence[RunEvent]) -> dict[str, float]:
     return seconds
 
 
-def events_of(instance: Any, run_id: str) -> list[RunEvent]:
+def run_events(records: Iterable[Any]) -> list[RunEvent]:
+    """Event log records as RunEvents (records without a Dagster event left out)."""
     return [(record.dagster_event.event_type_value, record.step_key, record.timestamp)
-            for record in instance.all_logs(run_id) if record.dagster_event is not None]
+            for record in records if record.dagster_event is not None]
+
+
+def events_of(instance: Any, run_id: str) -> list[RunEvent]:
+    return run_events(instance.all_logs(run_id))
 
 
 def run_worker(spec: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

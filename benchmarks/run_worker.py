@@ -1,6 +1,6 @@
 """One run of `reconciliation_job` under the multiprocess executor as a run worker makes it:
 in a process of its own, which loads the code location and then executes the run. The
-executor runs the coordinating steps in this process (defs/executor.py), so a run made in
+executor runs the coordinating steps in this process (defs/in_run_worker.py), so a run made in
 the benchmark's own process would find pandas and the rest imported by an earlier run;
 a daemon's run worker never does. Timed from `execute_job`, as Dagster times a run.
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import recon_pipeline
     import recon_pipeline.definitions  # noqa: F401 - the code location, loaded first
-    from benchmarks.paths import QUIET_INSTANCE
+    from benchmarks.paths import QUIET_INSTANCE, report_id_of, run_events
     from recon_pipeline.cli.runner import QUIET_LOGGERS, reconciliation_job_def
 
     run_config: dict[str, Any] = {**recon_pipeline.run_config(**spec["options"]),
@@ -53,15 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         result = execute_job(reconstructable(reconciliation_job_def), instance=instance,
                              tags=spec["tags"], run_config=run_config)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-        events, report_id = [], None
-        for record in instance.all_logs(result.run_id):
-            event = record.dagster_event
-            if event is None:
-                continue
-            events.append((event.event_type_value, record.step_key, record.timestamp))
-            if event.is_step_materialization:
-                metadata = event.step_materialization_data.materialization.metadata
-                report_id = int(metadata["report_id"].value)  # type: ignore[arg-type]
+        records = instance.all_logs(result.run_id)
+        events = run_events(records)
+        report_id = report_id_of(r.dagster_event for r in records if r.dagster_event)
     print(RESULT_MARK + json.dumps({
         "wall": wall, "cpu": cpu, "instance": made, "success": result.success,
         "run_id": result.run_id, "report_id": report_id, "events": events}))

@@ -86,7 +86,6 @@ STORAGE_DRIVERS = {"dagster_postgres": ("psycopg2.extras",)}
 DAGSTER_FIRST = "dagster._core.executor.multiprocess"
 
 
-
 def instance_modules(instance: DagsterInstance) -> tuple[str, ...]:
     """The modules of the instance's storages that Dagster's own import does not bring
     (dagster-postgres: 0.27 s per step that would import it), with their drivers."""

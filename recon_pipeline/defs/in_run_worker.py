@@ -64,11 +64,10 @@ def _launch_step(multiproc_ctx: Any, recon_job: Any, step_context: Any, step: An
     `execute_step_out_of_process`, replaced in its module once, below): an IN_RUN_WORKER
     step of a run in `coordinating_steps_in_run_worker` runs here, every other step in
     its own process."""
-    if step_context.run_id in _RUNS_IN_THIS_WORKER and \
-            (step.tags or {}).get(IN_RUN_WORKER_TAG) == IN_RUN_WORKER[IN_RUN_WORKER_TAG]:
-        return _in_run_worker(recon_job, step_context, step, retries, known_state,
-                              repository_load_data)
     if step_context.run_id in _RUNS_IN_THIS_WORKER:
+        if (step.tags or {}).get(IN_RUN_WORKER_TAG) == IN_RUN_WORKER[IN_RUN_WORKER_TAG]:
+            return _in_run_worker(recon_job, step_context, step, retries, known_state,
+                                  repository_load_data)
         _import_later_imports()
     return _out_of_process(multiproc_ctx, recon_job, step_context, step, errors, processes,
                            term_events, retries, known_state, repository_load_data)

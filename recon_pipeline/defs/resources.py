@@ -198,7 +198,7 @@ def _env(name: str) -> Any:
 def default_resources() -> dict[str, Any]:
     """The code location's resources, each variable read in the step, from the environment
     the step sees (`EnvVar` when the variable is set as the code location loads, the
-    resource's own lookup otherwise): a step the run worker runs itself (defs/executor.py),
+    resource's own lookup otherwise): a step the run worker runs itself (defs/in_run_worker.py),
     in a process whose environment changed after it loaded the code location (a test
     session, a notebook), reads what a step process would."""
     return reconciliation_resources(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import textwrap
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -181,3 +183,40 @@ def mapping_with(tmp_path: Path, replacements: dict[str, str] | None = None,
     path = tmp_path / "recon.yaml"
     path.write_text(text)
     return path
+
+
+# A run worker as the daemon starts one: a process of its own that loads the code location
+# and makes one run of the job under its default (multiprocess) executor. It prints the
+# run id and outcome, then the steps it ran itself, then a line on stderr.
+RUN_WORKER = textwrap.dedent("""
+    import os, sys
+    from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
+    import recon_pipeline
+    from recon_pipeline.cli.runner import reconciliation_job_def
+    partition, start, end = sys.argv[1:]
+    with DagsterInstance.get() as instance:
+        result = execute_job(
+            reconstructable(reconciliation_job_def), instance=instance,
+            tags={"dagster/partition": partition},
+            run_config=recon_pipeline.run_config(window_start=start, window_end=end))
+        starts = [r.dagster_event for r in instance.all_logs(
+            result.run_id, of_type=DagsterEventType.STEP_START)]
+    print(result.run_id, "success" if result.success else "failure", flush=True)
+    here = sorted(e.step_key.rsplit(".", 1)[-1] for e in starts if e.pid == os.getpid())
+    print("run worker:", " ".join(here), flush=True)
+    print("stderr is the run worker's", file=sys.stderr, flush=True)
+""")
+
+
+def start_run_worker(pg_url: str, mongo_db: Database[Any], dagster_postgres_url: str,
+                     home: Path) -> subprocess.Popen[str]:
+    """RUN_WORKER over the seeded window, on a PostgreSQL-backed DAGSTER_HOME at `home`."""
+    from recon_pipeline.defs.partitions import last_complete_hour
+
+    env = child_env(DATABASE_URL=pg_url, MONGODB_URL=mongo_url_of(mongo_db),
+                    MONGODB_DATABASE=mongo_db.name,
+                    **write_dagster_home(home, dagster_postgres_url))
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN_WORKER, last_complete_hour(SEED_NOW),
+         WINDOW_START.isoformat(), WINDOW_END.isoformat()],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

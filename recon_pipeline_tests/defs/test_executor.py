@@ -6,9 +6,6 @@ import importlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,17 +28,8 @@ from recon_pipeline.defs.executor import (
     reconciliation_executor,
     with_forkserver_default,
 )
-from recon_pipeline.defs.partitions import last_complete_hour
 from recon_pipeline.model.mapping import ReconConfig
-from recon_pipeline_tests.conftest import mongo_url_of
-from recon_pipeline_tests.dagster_support import (
-    SEED_NOW,
-    WINDOW_END,
-    WINDOW_START,
-    child_env,
-    seed,
-    write_dagster_home,
-)
+from recon_pipeline_tests.dagster_support import seed, start_run_worker
 
 
 def executor_for(execution: dict[str, Any] | None) -> Executor:
@@ -212,26 +200,6 @@ def test_the_forkserver_starts_with_the_run_and_its_preload(
     assert not probe.exists()  # stopped at the end of the run, not torn down
 
 
-RUN_WORKER = textwrap.dedent("""
-    import os, sys
-    from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
-    import recon_pipeline
-    from recon_pipeline.cli.runner import reconciliation_job_def
-    partition, start, end = sys.argv[1:]
-    with DagsterInstance.get() as instance:
-        result = execute_job(
-            reconstructable(reconciliation_job_def), instance=instance,
-            tags={"dagster/partition": partition},
-            run_config=recon_pipeline.run_config(window_start=start, window_end=end))
-        starts = [r.dagster_event for r in instance.all_logs(
-            result.run_id, of_type=DagsterEventType.STEP_START)]
-    print("success" if result.success else "failure", flush=True)
-    here = sorted(e.step_key.rsplit(".", 1)[-1] for e in starts if e.pid == os.getpid())
-    print("run worker:", " ".join(here), flush=True)
-    print("stderr is the run worker's", file=sys.stderr, flush=True)
-""")
-
-
 def test_a_run_worker_runs_the_coordinating_steps_and_keeps_its_output(
         pg_url: str, pg_engine: Any, mongo_db: Database[Any], config: ReconConfig,
         dagster_postgres_url: str, tmp_path: Path) -> None:
@@ -240,15 +208,11 @@ def test_a_run_worker_runs_the_coordinating_steps_and_keeps_its_output(
     step's log file while it runs; the steps go one at a time, so both streams are the run
     worker's again after the run (interleaved, they were left in a step's file)."""
     seed(pg_engine, mongo_db, config, clients=3)
-    env = child_env(DATABASE_URL=pg_url, MONGODB_URL=mongo_url_of(mongo_db),
-                    MONGODB_DATABASE=mongo_db.name,
-                    **write_dagster_home(tmp_path / "home", dagster_postgres_url))
-    done = subprocess.run(
-        [sys.executable, "-c", RUN_WORKER, last_complete_hour(SEED_NOW),
-         WINDOW_START.isoformat(), WINDOW_END.isoformat()],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines()[-2:] == [
-        "success", "run worker: clean_up_op decide_repairs_op plan_chunks_op retry_outbox "
-                   "start_run write_report"]
-    assert done.stderr.splitlines()[-1] == "stderr is the run worker's"
+    worker = start_run_worker(pg_url, mongo_db, dagster_postgres_url, tmp_path / "home")
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err[-2000:]
+    *_, outcome, steps = out.splitlines()
+    assert outcome.split()[1:] == ["success"]  # after the run id
+    assert steps == ("run worker: clean_up_op decide_repairs_op plan_chunks_op retry_outbox "
+                     "start_run write_report")
+    assert err.splitlines()[-1] == "stderr is the run worker's"

@@ -36,6 +36,7 @@ from recon_pipeline_tests.dagster_support import (
     child_env,
     seed,
     set_step_environment,
+    start_run_worker,
     test_resources,
     write_dagster_home,
 )
@@ -409,7 +410,7 @@ def test_a_multiprocess_run_and_a_cli_run_started_at_once_never_overlap(
 
 def test_three_runs_started_at_once_run_one_at_a_time_and_each_completes(
     pg_url: str, pg_engine: sa.Engine, mongo_db: Database[Any], config: ReconConfig,
-    dagster_postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    dagster_postgres_url: str, tmp_path: Path,
 ) -> None:
     seeded = seed(pg_engine, mongo_db, config, clients=CLIENTS)
     cli: list[subprocess.Popen[str]] = []
@@ -417,11 +418,17 @@ def test_three_runs_started_at_once_run_one_at_a_time_and_each_completes(
     launcher = once_a_run_holds_the_lock(
         pg_engine, lambda: cli.append(start_cli_run(pg_url, mongo_db)),
         lambda: in_process.append(in_process_run(pg_url, mongo_db, wait_seconds=600)))
+    # The multiprocess run in a run worker of its own, as the daemon starts it: its
+    # coordinating steps run in that process, and Dagster reconfigures `logging` as it sets
+    # up each of them, which must not meet the in-process run logging on a thread here.
+    worker = start_run_worker(pg_url, mongo_db, dagster_postgres_url, tmp_path / "home")
     try:
-        multiprocess_id = multiprocess_run(pg_url, mongo_db, dagster_postgres_url, tmp_path,
-                                           monkeypatch)
+        worker_out, worker_err = worker.communicate(timeout=600)
     finally:
         launcher.join(timeout=600)
+    assert worker.returncode == 0, worker_err[-2000:]
+    multiprocess_id, outcome = worker_out.splitlines()[-2].split()
+    assert outcome == "success"
     [process] = cli
     out, err = process.communicate(timeout=600)
     assert process.returncode == 1, err

@@ -195,7 +195,8 @@ def events_of(instance: Any, run_id: str) -> list[RunEvent]:
 
 def run_worker(spec: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """One multiprocess run in a run worker of its own (benchmarks/run_worker.py), its
-    figures; `env` is the process's environment."""
+    figures (an error naming what failed if the run did not succeed); `env` is the
+    process's environment."""
     from benchmarks.run_worker import RESULT_MARK
 
     done = subprocess.run([sys.executable, "-m", "benchmarks.run_worker", json.dumps(spec)],
@@ -206,6 +207,8 @@ def run_worker(spec: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any
         raise RuntimeError(f"run worker exited {done.returncode}: "
                            f"{done.stderr.strip()[-2000:]}")
     figures: dict[str, Any] = json.loads(lines[-1][len(RESULT_MARK):])
+    if not figures["success"]:
+        raise RuntimeError(f"run {figures['run_id']} failed: {done.stderr.strip()[-3000:]}")
     figures["events"] = [tuple(event) for event in figures["events"]]
     return figures
 
@@ -220,8 +223,6 @@ def run_multiprocess(target: RunTarget, **options: Any) -> JobRun:
             "tags": {"dagster/partition": _partition_key(options)},
             "execution": None, "instance": "temp"}
     figures = run_worker(spec, child_environment(target))
-    if not figures["success"]:
-        raise RuntimeError(f"multiprocess run {figures['run_id']} failed")
     return JobRun(figures["wall"], _report(target, figures["report_id"]),
                   step_seconds(figures["events"]))
 

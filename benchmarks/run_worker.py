@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         records = instance.all_logs(result.run_id)
         events = run_events(records)
         report_id = report_id_of(r.dagster_event for r in records if r.dagster_event)
+        if not result.success:  # what failed, for the bench's error
+            for event in (r.dagster_event for r in records if r.dagster_event):
+                if event.is_step_failure:
+                    print(event.step_key, event.step_failure_data.error, file=sys.stderr)
     print(RESULT_MARK + json.dumps({
         "wall": wall, "cpu": cpu, "instance": made, "success": result.success,
         "run_id": result.run_id, "report_id": report_id, "events": events}))

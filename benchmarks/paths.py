@@ -74,6 +74,8 @@ class JobRun:
     seconds: float  # wall time of the whole run
     report: dict[str, Any]  # the report row the run wrote
     steps: dict[str, float]  # step key -> seconds from STEP_START to its end
+    # Multiprocess: whether the run's forkserver was a fork of the run worker.
+    forkserver_forked: bool | None = None
 
     @property
     def records_checked(self) -> int:
@@ -224,7 +226,7 @@ def run_multiprocess(target: RunTarget, **options: Any) -> JobRun:
             "execution": None, "instance": "temp"}
     figures = run_worker(spec, child_environment(target))
     return JobRun(figures["wall"], _report(target, figures["report_id"]),
-                  step_seconds(figures["events"]))
+                  step_seconds(figures["events"]), figures["forkserver_forked"])
 
 
 def run_in_process(target: RunTarget, **options: Any) -> JobRun:

@@ -230,10 +230,12 @@ def dagster_home(servers: BenchServers) -> Iterator[dict[str, str]]:
                 conn.execute(f'drop database if exists "{name}" with (force)')
 
 
-def multiprocess_run(env: dict[str, str], execution: dict[str, Any] | None) -> RunTimes:
+def multiprocess_run(env: dict[str, str],
+                     execution: dict[str, Any] | None) -> tuple[RunTimes, bool | None]:
     """One run as the daemon makes it: `execute_job` of the reconstructable job under the
     multiprocess executor (`execution`: its config, None for the job's default), in a run
-    worker process of its own (benchmarks/run_worker.py), on DAGSTER_HOME's instance."""
+    worker process of its own (benchmarks/run_worker.py), on DAGSTER_HOME's instance; with
+    whether its forkserver was a fork of the run worker (None: it started none)."""
     from recon_pipeline.defs.partitions import last_complete_hour
 
     start, end = empty_window()
@@ -242,9 +244,9 @@ def multiprocess_run(env: dict[str, str], execution: dict[str, Any] | None) -> R
             "tags": {"dagster/partition": last_complete_hour(end)},
             "execution": execution, "instance": "home"}
     figures = run_worker(spec, {**os.environ, **env})
-    assert figures["success"], f"run {figures['run_id']} failed"
-    return times_from_events(figures["events"], figures["wall"], figures["cpu"], 0.0,
-                             figures["instance"])
+    times = times_from_events(figures["events"], figures["wall"], figures["cpu"], 0.0,
+                              figures["instance"])
+    return times, figures["forkserver_forked"]
 
 
 def _seconds(value: float) -> str:
@@ -273,8 +275,9 @@ def describe_in_process(runs: list[RunTimes]) -> list[str]:
 
 def describe_multiprocess(label: str, run: RunTimes) -> str:
     """From launch to STEP_START: the steps the run worker runs itself, and the step
-    processes. The first step process waits for the forkserver's imports (started with
-    the run, under the job's default) or, under spawn, for nothing more than the others."""
+    processes. Under the job's default, the first step process waits for the forkserver's
+    imports when it is a new interpreter (forked from the run worker, it has them); under
+    spawn, for nothing more than the others."""
     own = [s for name, s in run.step_starts.items() if name in run.in_run_worker]
     forked = [s for name, s in run.step_starts.items() if name not in run.in_run_worker]
     where = [f"{len(own)} in the run worker" + (
@@ -306,10 +309,13 @@ def run(servers: BenchServers, quick: bool = False) -> list[str]:
         with dagster_home(servers) as home:
             env = {"DATABASE_URL": url, "MONGODB_URL": servers.mongodb_url,
                    "MONGODB_DATABASE": db_name, **home}
-            default = multiprocess_run(env, None)
+            default, forked = multiprocess_run(env, None)
             # Dagster's own default, for comparison (minutes on a loaded machine).
-            spawn = None if quick else multiprocess_run(env, {"start_method": {"spawn": {}}})
-        lines.append(describe_multiprocess("job default (forkserver)", default))
+            spawn = None if quick else multiprocess_run(
+                env, {"start_method": {"spawn": {}}})[0]
+        lines.append(describe_multiprocess(
+            "job default (forkserver, " + ("forked from the run worker)" if forked else
+                                           "a new interpreter)"), default))
         if spawn is not None:
             lines.append(describe_multiprocess("start_method spawn (Dagster's default)", spawn))
             lines.append(info("multiprocess executor, job default vs spawn",

@@ -137,6 +137,11 @@ REPEATS = 2  # runs of each path per size, the fastest kept (the raw read: 2 as 
 Run = TypeVar("Run", CliRun, JobRun, Timed)
 
 
+# How the multiprocess run's forkserver started (defs/executor.py `fork_forkserver`).
+FORKSERVER = {True: "forkserver forked from the run worker",
+              False: "forkserver a new interpreter", None: "no forkserver"}
+
+
 def _fastest(runs: Sequence[Run]) -> Run:
     return min(runs, key=lambda r: r.seconds)
 
@@ -186,7 +191,8 @@ def full_scan_lines(target: RunTarget, entity: EntityMapping, rows: int,
                 raw.seconds / cli.seconds, 0.8),
         info(f"full scan, multiprocess {size}",
              f"{multiprocess.seconds:.1f} s, {rows / multiprocess.seconds:,.0f} rows/s "
-             f"({_best_of(multiprocesses)}); steps: {_steps(multiprocess)}"),
+             f"({_best_of(multiprocesses)}); steps: {_steps(multiprocess)}; "
+             f"{FORKSERVER[multiprocess.forkserver_forked]}"),
         verdict(f"full scan, reconciliation_job multiprocess executor vs raw read {size}",
                 raw.seconds / multiprocess.seconds, 0.8),
         info(f"full scan, in process (execute_in_process, the CLI's own path) {size}",

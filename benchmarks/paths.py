@@ -74,6 +74,8 @@ class JobRun:
     seconds: float  # wall time of the whole run
     report: dict[str, Any]  # the report row the run wrote
     steps: dict[str, float]  # step key -> seconds from STEP_START to its end
+    # Multiprocess: whether the run's forkserver was a fork of the run worker.
+    forkserver_forked: bool | None = None
 
     @property
     def records_checked(self) -> int:
@@ -195,7 +197,8 @@ def events_of(instance: Any, run_id: str) -> list[RunEvent]:
 
 def run_worker(spec: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """One multiprocess run in a run worker of its own (benchmarks/run_worker.py), its
-    figures; `env` is the process's environment."""
+    figures (an error naming what failed if the run did not succeed); `env` is the
+    process's environment."""
     from benchmarks.run_worker import RESULT_MARK
 
     done = subprocess.run([sys.executable, "-m", "benchmarks.run_worker", json.dumps(spec)],
@@ -206,6 +209,8 @@ def run_worker(spec: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any
         raise RuntimeError(f"run worker exited {done.returncode}: "
                            f"{done.stderr.strip()[-2000:]}")
     figures: dict[str, Any] = json.loads(lines[-1][len(RESULT_MARK):])
+    if not figures["success"]:
+        raise RuntimeError(f"run {figures['run_id']} failed: {done.stderr.strip()[-3000:]}")
     figures["events"] = [tuple(event) for event in figures["events"]]
     return figures
 
@@ -220,10 +225,8 @@ def run_multiprocess(target: RunTarget, **options: Any) -> JobRun:
             "tags": {"dagster/partition": _partition_key(options)},
             "execution": None, "instance": "temp"}
     figures = run_worker(spec, child_environment(target))
-    if not figures["success"]:
-        raise RuntimeError(f"multiprocess run {figures['run_id']} failed")
     return JobRun(figures["wall"], _report(target, figures["report_id"]),
-                  step_seconds(figures["events"]))
+                  step_seconds(figures["events"]), figures["forkserver_forked"])
 
 
 def run_in_process(target: RunTarget, **options: Any) -> JobRun:

@@ -9,8 +9,9 @@ a daemon's run worker never does. Timed from `execute_job`, as Dagster times a r
 The spec (JSON): `options` for `recon_pipeline.run_config`, `tags`, `execution` (the
 executor config, or null for the job's default) and `instance`: "temp" for a temporary
 SQLite-backed one, "home" for DAGSTER_HOME's. Prints the run's figures as JSON: wall and
-CPU seconds of the run, the instance's set-up, success, and the run's events
-(type, step key, timestamp) with the report id it materialized.
+CPU seconds of the run, the instance's set-up, success, the run's events (type, step key,
+timestamp) with the report id it materialized, and whether its forkserver was forked
+from the run worker (null: the run started none).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     import recon_pipeline.definitions  # noqa: F401 - the code location, loaded first
     from benchmarks.paths import QUIET_INSTANCE, report_id_of, run_events
     from recon_pipeline.cli.runner import QUIET_LOGGERS, reconciliation_job_def
+    from recon_pipeline.defs.executor import FORKSERVER_STARTED
 
     run_config: dict[str, Any] = {**recon_pipeline.run_config(**spec["options"]),
                                   **QUIET_LOGGERS}
@@ -56,9 +58,16 @@ def main(argv: list[str] | None = None) -> None:
         records = instance.all_logs(result.run_id)
         events = run_events(records)
         report_id = report_id_of(r.dagster_event for r in records if r.dagster_event)
+        forked = next((was for r in records for was, message in FORKSERVER_STARTED.items()
+                       if r.user_message == message), None)
+        if not result.success:  # what failed, for the bench's error
+            for event in (r.dagster_event for r in records if r.dagster_event):
+                if event.is_step_failure:
+                    print(event.step_key, event.step_failure_data.error, file=sys.stderr)
     print(RESULT_MARK + json.dumps({
         "wall": wall, "cpu": cpu, "instance": made, "success": result.success,
-        "run_id": result.run_id, "report_id": report_id, "events": events}))
+        "run_id": result.run_id, "report_id": report_id, "events": events,
+        "forkserver_forked": forked}))
 
 
 if __name__ == "__main__":

@@ -201,6 +201,9 @@ RUN_WORKER = textwrap.dedent("""
             run_config=recon_pipeline.run_config(window_start=start, window_end=end))
         starts = [r.dagster_event for r in instance.all_logs(
             result.run_id, of_type=DagsterEventType.STEP_START)]
+        engine = [r.user_message for r in instance.all_logs(
+            result.run_id, of_type=DagsterEventType.ENGINE_EVENT)]
+    print("forkserver:", *(m for m in engine if m.startswith("Forkserver")), flush=True)
     print(result.run_id, "success" if result.success else "failure", flush=True)
     here = sorted(e.step_key.rsplit(".", 1)[-1] for e in starts if e.pid == os.getpid())
     print("run worker:", " ".join(here), flush=True)

@@ -94,3 +94,9 @@ def run_errors(gql: GraphQL, run_id: str) -> list[str]:
     events = gql(RUN_ERRORS, {"id": run_id})["logsForRun"]["events"]
     return [e["error"]["message"] for e in events if e.get("error")] or [
         e.get("message", "") for e in events[-5:]]
+
+
+def run_messages(gql: GraphQL, run_id: str) -> list[str]:
+    """The messages of a run's events, in order."""
+    events = gql(RUN_ERRORS, {"id": run_id})["logsForRun"]["events"]
+    return [e["message"] for e in events if e.get("message")]

@@ -18,6 +18,7 @@ from pymongo.database import Database
 
 import recon_pipeline
 from recon_pipeline.defs.checks import CHECK_NAMES
+from recon_pipeline.defs.executor import FORKSERVER_STARTED
 from recon_pipeline.defs.partitions import last_complete_hour
 from recon_pipeline.local import embedded
 from recon_pipeline.model.mapping import ReconConfig
@@ -42,6 +43,7 @@ from recon_pipeline_tests.graphql_client import (
     TERMINAL,
     GraphQL,
     run_errors,
+    run_messages,
     wait_for,
 )
 
@@ -115,11 +117,13 @@ def test_ui_run_and_backfill_end_to_end(
 ) -> None:
     gql = dagster_dev
     seeded = seed(pg_engine, mongo_db, config)
-    run_config = {**recon_pipeline.run_config(window_start=WINDOW_START,
-                                              window_end=WINDOW_END), **IN_PROCESS}
+    # The job's default executor, as the UI launches it: the code server starts the run
+    # worker, the run worker forks the forkserver its parallel steps come from.
+    run_config = recon_pipeline.run_config(window_start=WINDOW_START, window_end=WINDOW_END)
     partition = last_complete_hour(SEED_NOW)
     run_id = launch(gql, partition, run_config)
     wait_success(gql, run_id)
+    assert FORKSERVER_STARTED[True] in run_messages(gql, run_id)
 
     [row] = [r for r in reports.recent_reports(pg_engine, 5) if r["run_id"] == run_id]
     materializations = gql(MATERIALIZATIONS, {"key": KEY})["assetOrError"][

@@ -3,9 +3,13 @@ worker, the others forked from a forkserver that preloaded the code location, st
 afresh for every run as the run starts."""
 
 import importlib
+import json
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from recon_pipeline.cli.runner import reconciliation_job_def
 from recon_pipeline.definitions import defs
 from recon_pipeline.defs.executor import (
     DAGSTER_FIRST,
+    FORKSERVER_STARTED,
     PRELOAD_MODULES,
     MultiprocessRun,
     instance_modules,
@@ -29,7 +34,8 @@ from recon_pipeline.defs.executor import (
     with_forkserver_default,
 )
 from recon_pipeline.model.mapping import ReconConfig
-from recon_pipeline_tests.dagster_support import seed, start_run_worker
+from recon_pipeline_tests.dagster_support import child_env, seed, start_run_worker
+from recon_pipeline_tests.defs.forked_forkserver_probe import BUFFERED
 
 
 def executor_for(execution: dict[str, Any] | None) -> Executor:
@@ -113,10 +119,24 @@ def send_probe(connection: Any) -> None:
     connection.close()
 
 
+class RunLog:
+    """The run's log manager, as far as an engine event goes: its messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def log_dagster_event(self, level: int, msg: str, dagster_event: Any) -> None:
+        self.messages.append(msg)
+
+
 class RunContext:
     """What `MultiprocessRun` reads of the run's plan context."""
 
     run_id = "a-run"
+    job_name = "reconciliation_job"
+
+    def __init__(self) -> None:
+        self.log = RunLog()
 
 
 class ForksOneStep(Executor):
@@ -125,17 +145,21 @@ class ForksOneStep(Executor):
     def __init__(self) -> None:
         self.seen: list[str | None] = []
         self.forkserver_running: list[bool] = []
+        self.forkserver_programs: list[bytes] = []
 
     def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[Any]:
         server = multiprocessing.forkserver._forkserver
-        self.forkserver_running.append(
-            server._forkserver_pid is not None)  # type: ignore[attr-defined]
+        pid = server._forkserver_pid  # type: ignore[attr-defined]
+        self.forkserver_running.append(pid is not None)
         context = multiprocessing.get_context("forkserver")
         receiver, sender = context.Pipe(duplex=False)
         step = context.Process(target=send_probe, args=(sender,))
         step.start()
         self.seen.append(receiver.recv())
         step.join()
+        # Once it has forked a step: a forkserver just spawned may still be in its exec.
+        pid = server._forkserver_pid  # type: ignore[attr-defined]
+        self.forkserver_programs.append(Path(f"/proc/{pid}/cmdline").read_bytes())
         yield from ()
 
     @property
@@ -200,19 +224,87 @@ def test_the_forkserver_starts_with_the_run_and_its_preload(
     assert not probe.exists()  # stopped at the end of the run, not torn down
 
 
+def test_beside_threads_a_fork_is_not_safe_from_the_forkserver_is_a_new_interpreter() -> None:
+    """A thread the executor does not know (a client's monitor, a user's thread) may hold
+    a lock at the moment of a fork, held for ever in the copy: the forkserver is then a
+    fresh interpreter, and the run's log says why its first step waits."""
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, name="not dagster's")
+    other.start()
+    context, inner = RunContext(), ForksOneStep()
+    try:
+        list(MultiprocessRun(inner, "forkserver", ("json",)).execute(
+            context, None))  # type: ignore[arg-type]
+    finally:
+        stop.set()
+        other.join()
+    assert context.log.messages == [FORKSERVER_STARTED[False]]
+    [program] = inner.forkserver_programs
+    assert b"from multiprocessing.forkserver import main" in program
+    assert inner.seen == [None]
+
+
+@pytest.fixture(scope="module")
+def forked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What recon_pipeline_tests/defs/forked_forkserver_probe.py saw, in a run worker of
+    its own (this test process may run threads of its own), and what it left behind."""
+    out = tmp_path_factory.mktemp("forked")
+    env = child_env()
+    env.pop("PYTHONUNBUFFERED", None)  # its stdout, a pipe, is then block-buffered
+    done = subprocess.run(
+        [sys.executable, "-m", "recon_pipeline_tests.defs.forked_forkserver_probe", str(out)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    seen["stdout"] = done.stdout.splitlines()[:-1]
+    finalized = out / "finalized"
+    seen["finalized by"] = finalized.read_text().split() if finalized.exists() else []
+    return seen
+
+
+def test_a_run_worker_beside_dagsters_own_threads_forks_its_forkserver(
+        forked: dict[str, Any]) -> None:
+    """The threads a run worker runs when the code server starts it (Dagster's termination
+    watch, the feeder of the queue its events go out by) hold nothing a fork's child uses:
+    the forkserver is a fork of the run worker, the same program with what it imported,
+    and a step forked from it has that too."""
+    assert forked["threads"] == ["MainThread", "QueueFeederThread", "termination-handler"]
+    assert forked["forked"] is True
+    assert forked["same_program"] is True  # not `python -c "from multiprocessing..."`
+    step = forked["step"]
+    assert step["parent"] == forked["forkserver"] != forked["pid"]
+    assert step["colorsys"] is True  # imported by the run worker alone
+
+
+def test_a_step_never_finalizes_what_the_run_worker_left_to_collect(
+        forked: dict[str, Any]) -> None:
+    """An unreachable object (a connection, say) copied into the forkserver is finalized by
+    the run worker alone: finalized in a step, it would close the run worker's end too."""
+    assert forked["finalized by"] == [str(forked["pid"])]
+
+
+def test_a_step_never_writes_the_run_workers_buffered_output_again(
+        forked: dict[str, Any]) -> None:
+    """What the run worker's stdout held when it forked is written once: flushed before the
+    fork, not again by each step as it exits."""
+    assert forked["stdout"] == [BUFFERED]
+
+
 def test_a_run_worker_runs_the_coordinating_steps_and_keeps_its_output(
         pg_url: str, pg_engine: Any, mongo_db: Database[Any], config: ReconConfig,
         dagster_postgres_url: str, tmp_path: Path) -> None:
     """A run worker as the daemon starts one: its own process, the job's default executor.
     Each coordinating step it runs itself sends the process's stdout and stderr to the
     step's log file while it runs; the steps go one at a time, so both streams are the run
-    worker's again after the run (interleaved, they were left in a step's file)."""
+    worker's again after the run (interleaved, they were left in a step's file). Its main
+    thread is its only one, so its forkserver is a fork of it."""
     seed(pg_engine, mongo_db, config, clients=3)
     worker = start_run_worker(pg_url, mongo_db, dagster_postgres_url, tmp_path / "home")
     out, err = worker.communicate(timeout=300)
     assert worker.returncode == 0, err[-2000:]
-    *_, outcome, steps = out.splitlines()
+    *_, forkserver, outcome, steps = out.splitlines()
     assert outcome.split()[1:] == ["success"]  # after the run id
+    assert forkserver == f"forkserver: {FORKSERVER_STARTED[True]}"
     assert steps == ("run worker: clean_up_op decide_repairs_op plan_chunks_op retry_outbox "
                      "start_run write_report")
     assert err.splitlines()[-1] == "stderr is the run worker's"

@@ -137,7 +137,7 @@ REPEATS = 2  # runs of each path per size, the fastest kept (the raw read: 2 as 
 Run = TypeVar("Run", CliRun, JobRun, Timed)
 
 
-# How the multiprocess run's forkserver started (defs/executor.py `fork_forkserver`).
+# How the multiprocess run's forkserver started (defs/forkserver.py `fork_forkserver`).
 FORKSERVER = {True: "forkserver forked from the run worker",
               False: "forkserver a new interpreter", None: "no forkserver"}
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from dagster._utils import start_termination_thread
 
-from recon_pipeline.defs.executor import forkserver_pid, start_forkserver, stop_forkserver
+from recon_pipeline.defs.forkserver import forkserver_pid, start_forkserver, stop_forkserver
 
 BUFFERED = "written before the fork, flushed by no one"
 

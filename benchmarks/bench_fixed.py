@@ -31,7 +31,14 @@ from typing import Any
 
 import yaml
 
-from benchmarks.paths import QUIET_INSTANCE, RunEvent, console_script, events_of, run_worker
+from benchmarks.paths import (
+    QUIET_INSTANCE,
+    RunEvent,
+    console_script,
+    events_of,
+    run_worker,
+    step_seconds,
+)
 from benchmarks.servers import BenchServers, bench_servers
 from benchmarks.verdict import info, verdict
 
@@ -75,8 +82,6 @@ def times_from_events(events: list[RunEvent], wall: float, cpu: float, definitio
     from a step's launch (multiprocess) to its STEP_START, from the event log. A step the
     run worker runs itself opens with an engine event; a step process, with its worker
     starting."""
-    steps: dict[str, float] = {}
-    starts: dict[str, float] = {}
     launches: dict[str, float] = {}
     in_run_worker: set[str] = set()
     step_starts: dict[str, float] = {}
@@ -87,17 +92,14 @@ def times_from_events(events: list[RunEvent], wall: float, cpu: float, definitio
             launches[key] = at
             if kind == "ENGINE_EVENT":
                 in_run_worker.add(_step_name(key))
-        elif kind == "STEP_START" and key:
-            starts[key] = at
-            if key in launches:
-                step_starts[_step_name(key)] = at - launches[key]
-        elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and key in starts:
-            steps[_step_name(key)] = at - starts[key]
+        elif kind == "STEP_START" and key in launches:
+            step_starts[_step_name(key)] = at - launches[key]
         elif kind == "RESOURCE_INIT_STARTED":
             init_started = at
         elif kind == "RESOURCE_INIT_SUCCESS" and init_started is not None:
             resource_init += at - init_started
             init_started = None
+    steps = {_step_name(key): seconds for key, seconds in step_seconds(events).items()}
     return RunTimes(wall, cpu, definitions, instance, resource_init, steps, step_starts,
                     frozenset(in_run_worker))
 

@@ -86,7 +86,8 @@ STORAGE_DRIVERS = {"dagster_postgres": ("psycopg2.extras",)}
 FORKSERVER_STARTED = {
     True: "Forkserver forked from the run worker: its steps start with what it imported",
     False: "Forkserver started as a new interpreter (the run worker runs threads a fork "
-           "would not be safe from): the first step waits for its imports",
+           "would not be safe from, or cannot count them): the first step waits for its "
+           "imports",
 }
 
 

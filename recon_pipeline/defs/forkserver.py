@@ -11,7 +11,6 @@ import multiprocessing.forkserver
 import os
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Sequence
 from contextlib import suppress
@@ -88,7 +87,9 @@ def fork_forkserver(preload: Sequence[str]) -> bool:
             os.chmod(address, 0o600)
         listener.listen()
         alive_r, alive_w = os.pipe()
-        flush_std_streams()  # else each step would write what they hold again as it exits
+        # multiprocessing's own flush before a fork: else each step writes what the
+        # streams hold again as it exits
+        util._flush_std_streams()  # type: ignore[attr-defined]
         pid = os.fork()
         if pid == 0:
             _serve_forks(listener.fileno(), alive_r, alive_w, preload)
@@ -97,12 +98,6 @@ def fork_forkserver(preload: Sequence[str]) -> bool:
     server._forkserver_alive_fd = alive_w
     server._forkserver_pid = pid
     return True
-
-
-def flush_std_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with suppress(AttributeError, ValueError):  # none, or closed
-            stream.flush()
 
 
 def _serve_forks(listener: int, alive_r: int, alive_w: int, preload: Sequence[str]) -> NoReturn:
